@@ -1,0 +1,47 @@
+# The two commands a fresh clone needs: `make run` and `make test`.
+# Both create .venv and install the project on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit vectors schemas bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/ssr --help
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check broker clients tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy broker clients
+
+unit: $(STAMP)
+	$(BIN)/coverage erase
+	$(BIN)/coverage run -m pytest
+	$(BIN)/coverage report --include='broker/core/*' --fail-under=95
+
+test: lint typecheck unit
+
+# Regenerate the published JSON Schemas and test vectors (tests fail if they drift).
+schemas: $(STAMP)
+	$(BIN)/python -m broker.core.schemagen schemas
+
+vectors: $(STAMP)
+	$(BIN)/python -m broker.core.vectorgen schemas/vectors
+
+bench: $(STAMP)
+	$(BIN)/python bench/core_costs.py
+
+clean:
+	rm -rf $(VENV) .coverage .mypy_cache .pytest_cache .ruff_cache

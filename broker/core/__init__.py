@@ -1,0 +1,131 @@
+"""The sans-I/O protocol core of ssr-broker.
+
+Pure functions and frozen models over bytes: no asyncio, NATS, aiohttp or
+Prometheus (``tests/test_core_imports.py`` keeps it so). Time and randomness
+are passed in. Modules:
+
+- ``canonical``  strict canonical JSON (RFC 8785 subset)
+- ``crypto``     the libsodium primitives used, errors mapped
+- ``frame``      the binary frame around every signed object
+- ``keys``       key pairs, key ids, secret key files
+- ``labels``     classification ladder, TLP 2.0, labels and their order
+- ``policy``     the policy file (TOML)
+- ``directory``  the signed, hash-chained directory
+- ``envelope``   building, verifying and opening envelopes
+- ``decision``   the broker's accept/reject decision
+- ``receipts``   delivered/read/acknowledged receipts
+- ``errors``     the exception tree
+"""
+
+from .decision import Accept, Decision, ForwardOrigin, Reason, Reject, decide
+from .directory import (
+    Actor,
+    ActorKind,
+    ActorStatus,
+    DirectoryDocument,
+    Group,
+    KeyRecord,
+    Officer,
+    VerifiedDirectory,
+    sign_directory,
+    successor,
+    verify_chain,
+    verify_directory,
+)
+from .envelope import (
+    Header,
+    OpenedEnvelope,
+    RecipientKey,
+    Reference,
+    SignedEnvelope,
+    build_envelope,
+    open_envelope,
+    read_envelope,
+)
+from .errors import (
+    CanonicalJsonError,
+    CoreError,
+    DirectoryError,
+    EnvelopeError,
+    FrameError,
+    KeyFileError,
+    MalformedInput,
+    OpenError,
+    PolicyError,
+    ReceiptError,
+)
+from .keys import EncryptionKeyPair, Identity, SigningKeyPair, load_identity, save_identity
+from .labels import DEFAULT_CEILING, STANDARD_LADDER, Ladder, Label, Tlp
+from .policy import Policy, load_policy
+from .receipts import (
+    ReceiptBody,
+    ReceiptKind,
+    VerifiedReceipt,
+    check_receipt_matches,
+    make_receipt,
+    verify_receipt,
+)
+from .vocabulary import MessageType, Mode, Priority, ReferenceKind, Role, Status
+
+__all__ = [
+    "DEFAULT_CEILING",
+    "STANDARD_LADDER",
+    "Accept",
+    "Actor",
+    "ActorKind",
+    "ActorStatus",
+    "CanonicalJsonError",
+    "CoreError",
+    "Decision",
+    "DirectoryDocument",
+    "DirectoryError",
+    "EncryptionKeyPair",
+    "EnvelopeError",
+    "ForwardOrigin",
+    "FrameError",
+    "Group",
+    "Header",
+    "Identity",
+    "KeyFileError",
+    "KeyRecord",
+    "Label",
+    "Ladder",
+    "MalformedInput",
+    "MessageType",
+    "Mode",
+    "Officer",
+    "OpenError",
+    "OpenedEnvelope",
+    "Policy",
+    "PolicyError",
+    "Priority",
+    "Reason",
+    "ReceiptBody",
+    "ReceiptError",
+    "ReceiptKind",
+    "RecipientKey",
+    "Reference",
+    "ReferenceKind",
+    "Reject",
+    "Role",
+    "SignedEnvelope",
+    "SigningKeyPair",
+    "Status",
+    "Tlp",
+    "VerifiedDirectory",
+    "VerifiedReceipt",
+    "build_envelope",
+    "check_receipt_matches",
+    "decide",
+    "load_identity",
+    "load_policy",
+    "make_receipt",
+    "open_envelope",
+    "read_envelope",
+    "save_identity",
+    "sign_directory",
+    "successor",
+    "verify_chain",
+    "verify_directory",
+    "verify_receipt",
+]

@@ -1,0 +1,320 @@
+"""The envelope: one signed, end-to-end encrypted message (DESIGN.md section 5).
+
+An envelope is an ``E`` frame (see ``frame``) with three sections:
+
+1. **header** - canonical JSON (:class:`Header`): version, message id, type,
+   sender and sender key id, sorted recipients, label, distribution status,
+   priority, created/expires, incident, references, content type.
+2. **wraps** - canonical JSON (:class:`KeyWraps`): for each recipient, in the
+   header's order, the 32-byte content key sealed (``crypto_box_seal``) to
+   that recipient's X25519 key, with that key's id.
+3. **ciphertext** - a 24-byte nonce followed by XChaCha20-Poly1305-IETF of
+   the payload under the content key, with SHA-256(header bytes) as
+   associated data.
+
+The sender's Ed25519 signature covers all three, so nothing in the header
+(label, recipients, times, references) can change without detection; the
+AEAD binds the payload to that exact header; and because the recipients
+are signed, a recipient cannot pass the message on as if the sender had
+addressed someone else.
+
+Verification order (``read_envelope``, then ``open_envelope``): size bound,
+frame layout, signer key lookup, signature over the received bytes, and
+only then JSON parsing, header checks, unwrapping and decryption.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, model_validator
+
+from . import crypto, frame
+from .crypto import SYSTEM_RANDOM, Random
+from .directory import Actor, ActorStatus, KeyRecord, VerifiedDirectory
+from .errors import EnvelopeError, FrameError, MalformedInput, OpenError
+from .keys import Identity, b64, unb64
+from .labels import Label
+from .limits import (
+    MAX_ENVELOPE_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_RECIPIENTS,
+    MAX_REFERENCES,
+    MAX_WRAPS_BYTES,
+)
+from .policy import Policy
+from .vocabulary import MessageType, Priority, ReferenceKind, Status
+from .wire import Hash, HexId, Millis, Slug, SortedSlugs, WireModel
+
+ENVELOPE_VERSION = 1
+ContentType = Annotated[str, Field(pattern=r"^[a-z]+/[a-z0-9.+-]+$", max_length=100)]
+
+
+class Reference(WireModel):
+    """A link to an earlier envelope, pinned by the hash of its signed header."""
+
+    kind: ReferenceKind
+    message: HexId
+    header_hash: Hash
+
+
+class Header(WireModel):
+    """Everything the broker may read about a message; signed by the sender."""
+
+    v: Literal[1] = ENVELOPE_VERSION
+    id: HexId
+    type: MessageType
+    sender: Slug
+    sender_key: HexId
+    recipients: Annotated[SortedSlugs, Field(min_length=1, max_length=MAX_RECIPIENTS)]
+    label: Label
+    status: Status
+    priority: Priority
+    created: Millis
+    expires: Millis
+    incident: Slug | None = None
+    references: Annotated[tuple[Reference, ...], Field(max_length=MAX_REFERENCES)] = ()
+    content_type: ContentType = "application/octet-stream"
+
+    @model_validator(mode="after")
+    def _times(self) -> Self:
+        if self.expires <= self.created:
+            raise ValueError("expires must be later than created")
+        return self
+
+    def forwarded(self) -> Reference | None:
+        return next((r for r in self.references if r.kind is ReferenceKind.FORWARD), None)
+
+
+class Wrap(WireModel):
+    """The content key sealed to one recipient's encryption key."""
+
+    recipient: Slug
+    key_id: HexId
+    sealed: Annotated[str, Field(min_length=108, max_length=108)]  # 80 bytes in base64
+
+
+class KeyWraps(WireModel):
+    wraps: Annotated[tuple[Wrap, ...], Field(min_length=1, max_length=MAX_RECIPIENTS)]
+
+
+@dataclass(frozen=True)
+class RecipientKey:
+    """Whom to wrap the content key for: an actor and its current encryption key."""
+
+    actor: str
+    key_id: str
+    public: bytes
+
+    @classmethod
+    def of(cls, actor: Actor, at: int) -> RecipientKey:
+        record = actor.encryption_key(at)
+        if record is None:
+            raise EnvelopeError(
+                f"{actor.id} has no usable encryption key", code="recipient_key_invalid"
+            )
+        return cls(actor.id, record.key_id, record.raw)
+
+
+@dataclass(frozen=True)
+class SignedEnvelope:
+    """An envelope whose signature verified against a directory key; times not yet checked."""
+
+    raw: bytes = field(repr=False)
+    header: Header
+    header_hash: str
+    wraps: tuple[Wrap, ...] = field(repr=False)
+    ciphertext: bytes = field(repr=False)
+    sender: Actor = field(repr=False)
+    sender_key: KeyRecord = field(repr=False)
+
+
+@dataclass(frozen=True)
+class OpenedEnvelope:
+    """A verified, decrypted envelope addressed to us."""
+
+    header: Header
+    header_hash: str
+    payload: bytes = field(repr=False)
+    raw: bytes = field(repr=False)
+
+
+def header_hash(header_bytes: bytes) -> bytes:
+    return crypto.sha256(header_bytes)
+
+
+def new_message_id(rand: Random = SYSTEM_RANDOM) -> str:
+    return rand(16).hex()
+
+
+def build_envelope(
+    *,
+    sender: Identity,
+    recipients: Sequence[RecipientKey],
+    label: Label,
+    message_type: MessageType,
+    payload: bytes,
+    created: int,
+    expires: int,
+    priority: Priority = Priority.ROUTINE,
+    status: Status = Status.ACTUAL,
+    incident: str | None = None,
+    references: Sequence[Reference] = (),
+    content_type: str = "application/octet-stream",
+    message_id: str | None = None,
+    rand: Random = SYSTEM_RANDOM,
+) -> bytes:
+    """Sign and encrypt one message; ``created``/``expires`` are epoch milliseconds.
+
+    Randomness comes from ``rand`` in a fixed order (message id if not given,
+    content key, nonce, one ephemeral key per recipient in sorted order), so
+    a seeded ``rand`` gives reproducible vectors.
+    """
+    ordered = sorted(recipients, key=lambda r: r.actor)
+    if len({r.actor for r in ordered}) != len(ordered):
+        raise EnvelopeError("a recipient is listed twice", code="malformed")
+    try:
+        header = Header(
+            id=message_id or new_message_id(rand),
+            type=message_type,
+            sender=sender.principal,
+            sender_key=sender.signing.key_id,
+            recipients=tuple(r.actor for r in ordered),
+            label=label,
+            status=status,
+            priority=priority,
+            created=created,
+            expires=expires,
+            incident=incident,
+            references=tuple(references),
+            content_type=content_type,
+        )
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        raise EnvelopeError(f"cannot build header: {exc}", code="malformed") from exc
+    header_bytes = header.to_bytes()
+    content_key = rand(crypto.CONTENT_KEY_BYTES)
+    nonce = rand(crypto.AEAD_NONCE_BYTES)
+    ciphertext = nonce + crypto.aead_encrypt(content_key, nonce, payload, header_hash(header_bytes))
+    wraps = KeyWraps(
+        wraps=tuple(
+            Wrap(
+                recipient=r.actor,
+                key_id=r.key_id,
+                sealed=b64(crypto.seal(content_key, r.public, rand(crypto.SECRET_KEY_BYTES))),
+            )
+            for r in ordered
+        )
+    )
+    return frame.encode(
+        frame.Kind.ENVELOPE, sender.signing, (header_bytes, wraps.to_bytes(), ciphertext)
+    )
+
+
+def read_envelope(
+    data: bytes, directory: VerifiedDirectory, *, max_bytes: int = MAX_ENVELOPE_BYTES
+) -> SignedEnvelope:
+    """Check size, layout and signature, then parse; raise :class:`EnvelopeError` with a code.
+
+    Codes: ``too_large``, ``unsupported_version``, ``malformed``,
+    ``unknown_sender_key``, ``bad_signature``, ``sender_mismatch``,
+    ``wraps_mismatch``.
+    """
+    try:
+        signed = frame.decode(
+            data,
+            frame.Kind.ENVELOPE,
+            max_bytes=max_bytes,
+            max_section=(MAX_HEADER_BYTES, MAX_WRAPS_BYTES, max_bytes),
+        )
+    except FrameError as exc:
+        code = exc.code if exc.code in {"too_large", "unsupported_version"} else "malformed"
+        raise EnvelopeError(exc.message, code=code) from exc
+    signer = directory.signer(signed.signer_id)
+    if signer is None or signer.is_officer:
+        raise EnvelopeError(
+            "signed by a key the directory does not know", code="unknown_sender_key"
+        )
+    try:
+        signed.verify(signer.record.raw)
+    except crypto.CryptoFailure as exc:
+        raise EnvelopeError("signature does not verify", code="bad_signature") from exc
+    header_bytes, wraps_bytes, ciphertext = signed.sections
+    try:
+        header = Header.parse(header_bytes, max_bytes=MAX_HEADER_BYTES)
+        wraps = KeyWraps.parse(wraps_bytes, max_bytes=MAX_WRAPS_BYTES).wraps
+    except MalformedInput as exc:
+        raise EnvelopeError(exc.message, code="malformed") from exc
+    sender = directory.actor(signer.principal)
+    if sender is None or header.sender != sender.id or header.sender_key != signed.signer_id:
+        raise EnvelopeError("header sender does not own the signing key", code="sender_mismatch")
+    if tuple(w.recipient for w in wraps) != header.recipients:
+        raise EnvelopeError("key wraps do not match the recipients", code="wraps_mismatch")
+    if len(ciphertext) < crypto.AEAD_NONCE_BYTES + crypto.AEAD_TAG_BYTES:
+        raise EnvelopeError("ciphertext too short", code="malformed")
+    return SignedEnvelope(
+        raw=data,
+        header=header,
+        header_hash=header_hash(header_bytes).hex(),
+        wraps=wraps,
+        ciphertext=ciphertext,
+        sender=sender,
+        sender_key=signer.record,
+    )
+
+
+def open_envelope(
+    data: bytes,
+    *,
+    me: Identity,
+    directory: VerifiedDirectory,
+    policy: Policy,
+    now: int,
+) -> OpenedEnvelope:
+    """Verify and decrypt an envelope addressed to ``me`` (the recipient's check).
+
+    Every cryptographic failure raises :class:`OpenError` with code
+    ``invalid``. Other refusals: ``expired``, ``not_yet_valid``,
+    ``sender_key_revoked``, ``not_addressed``, ``not_cleared``.
+    Replays are the caller's to drop (it keeps the seen ids).
+    """
+    try:
+        signed = read_envelope(data, directory, max_bytes=policy.limits.max_envelope_bytes)
+    except EnvelopeError as exc:
+        raise OpenError("envelope does not verify") from exc
+    header = signed.header
+    if (
+        not signed.sender_key.usable_at(header.created)
+        or signed.sender.status is not ActorStatus.ACTIVE
+    ):
+        raise OpenError("sender key not valid when signed", code="sender_key_revoked")
+    skew = policy.limits.clock_skew_seconds * 1000
+    if header.created > now + skew:
+        raise OpenError("created in the future", code="not_yet_valid")
+    if header.expires <= now - skew:
+        raise OpenError("expired", code="expired")
+    wrap = next((w for w in signed.wraps if w.recipient == me.principal), None)
+    if wrap is None:
+        raise OpenError("not addressed to this actor", code="not_addressed")
+    myself = directory.actor(me.principal)
+    ladder = policy.ladder_order
+    if (
+        myself is None
+        or not ladder.knows(header.label.classification)
+        or not ladder.knows(myself.clearance)
+        or not ladder.cleared_for(myself.clearance, myself.categories, header.label)
+    ):
+        raise OpenError("label exceeds this actor's clearance", code="not_cleared")
+    try:
+        if wrap.key_id != me.encryption.key_id:
+            raise crypto.CryptoFailure
+        content_key = crypto.seal_open(unb64(wrap.sealed), me.encryption.secret)
+        if len(content_key) != crypto.CONTENT_KEY_BYTES:
+            raise crypto.CryptoFailure
+        nonce = signed.ciphertext[: crypto.AEAD_NONCE_BYTES]
+        body = signed.ciphertext[crypto.AEAD_NONCE_BYTES :]
+        payload = crypto.aead_decrypt(content_key, nonce, body, bytes.fromhex(signed.header_hash))
+    except (crypto.CryptoFailure, ValueError) as exc:
+        raise OpenError("envelope cannot be opened") from exc
+    return OpenedEnvelope(header=header, header_hash=signed.header_hash, payload=payload, raw=data)

@@ -1,0 +1,199 @@
+"""The label and routing policy: a versioned TOML file a region can adapt without code.
+
+It holds the classification ladder, the accreditation ceiling (default
+SEKRETESS: this software is not approved for protective-security levels),
+size and time limits, which roles may send which message types, receipt
+deadlines per priority, and overlays per mode. Loading a bad file raises
+:class:`PolicyError` naming the field and, where it can, the line.
+
+Example (every key is optional; this is the default)::
+
+    format = 1
+    id = "ssr"
+    version = 1
+    ceiling = "SEKRETESS"
+
+    [receipt_deadlines]          # seconds until delivery must be confirmed
+    routine = 3600
+    flash = 60
+
+    [rights]                     # message type -> roles allowed to send it
+    mode_change = ["authority"]
+
+    [modes.heightened_alert.required_recipients]
+    situation_report = ["lansstyrelsen-stockholm"]
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import PolicyError
+from .labels import DEFAULT_CEILING, STANDARD_LADDER, ClassificationName, Ladder
+from .limits import (
+    DEFAULT_CLOCK_SKEW_MS,
+    DEFAULT_MAX_ENVELOPE_BYTES,
+    DEFAULT_MAX_LIFETIME_MS,
+    DEFAULT_MAX_RECIPIENTS,
+    MAX_ENVELOPE_BYTES,
+    MAX_RECIPIENTS,
+)
+from .vocabulary import MessageType, Mode, Priority, Role
+from .wire import Slug
+
+POLICY_FORMAT = 1
+MAX_POLICY_BYTES = 256 * 1024
+Seconds = Annotated[int, Field(gt=0, le=366 * 24 * 3600)]
+
+
+class _PolicyModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Limits(_PolicyModel):
+    max_envelope_bytes: Annotated[int, Field(ge=1024, le=MAX_ENVELOPE_BYTES)] = (
+        DEFAULT_MAX_ENVELOPE_BYTES
+    )
+    max_recipients: Annotated[int, Field(ge=1, le=MAX_RECIPIENTS)] = DEFAULT_MAX_RECIPIENTS
+    clock_skew_seconds: Annotated[int, Field(ge=0, le=3600)] = DEFAULT_CLOCK_SKEW_MS // 1000
+    max_lifetime_seconds: Seconds = DEFAULT_MAX_LIFETIME_MS // 1000
+
+
+DEFAULT_DEADLINES: dict[Priority, int] = {
+    Priority.ROUTINE: 3600,
+    Priority.PRIORITY: 900,
+    Priority.IMMEDIATE: 300,
+    Priority.FLASH: 60,
+}
+
+DEFAULT_RIGHTS: dict[MessageType, tuple[Role, ...]] = {
+    MessageType.MODE_CHANGE: (Role.AUTHORITY,),
+    MessageType.RELABEL: (Role.AUTHORITY,),
+    MessageType.ACTIVATION: (Role.AUTHORITY, Role.ACTIVATOR),
+    MessageType.INCIDENT_CLOSE: (Role.AUTHORITY, Role.ACTIVATOR),
+}
+
+
+class RegionWide(_PolicyModel):
+    """An activation to at least ``min_recipients`` actors is region-wide."""
+
+    min_recipients: Annotated[int, Field(ge=2, le=MAX_RECIPIENTS)] = 10
+    roles: tuple[Role, ...] = (Role.AUTHORITY,)
+
+
+class ModeOverlay(_PolicyModel):
+    """What changes in one mode: deadlines, rights, recipients that must be included."""
+
+    receipt_deadlines: dict[Priority, Seconds] = {}
+    rights: dict[MessageType, tuple[Role, ...]] = {}
+    required_recipients: dict[MessageType, tuple[Slug, ...]] = {}
+
+
+class Policy(_PolicyModel):
+    """One version of the region's policy; ``Policy()`` is the built-in default."""
+
+    format: int = POLICY_FORMAT
+    id: Slug = "ssr"
+    version: Annotated[int, Field(ge=1)] = 1
+    ladder: Annotated[tuple[ClassificationName, ...], Field(min_length=2, max_length=16)] = (
+        STANDARD_LADDER
+    )
+    ceiling: ClassificationName = DEFAULT_CEILING
+    limits: Limits = Limits()
+    receipt_deadlines: dict[Priority, Seconds] = DEFAULT_DEADLINES
+    rights: dict[MessageType, tuple[Role, ...]] = DEFAULT_RIGHTS
+    region_wide_activation: RegionWide = RegionWide()
+    modes: dict[Mode, ModeOverlay] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.format != POLICY_FORMAT:
+            raise ValueError(f"format must be {POLICY_FORMAT}")
+        if len(set(self.ladder)) != len(self.ladder):
+            raise ValueError("ladder lists a level twice")
+        if self.ceiling not in self.ladder:
+            raise ValueError(f"ceiling {self.ceiling!r} is not on the ladder")
+        missing = set(Priority) - set(self.receipt_deadlines)
+        if missing:
+            raise ValueError(f"receipt_deadlines lacks {', '.join(sorted(missing))}")
+        return self
+
+    @property
+    def ladder_order(self) -> Ladder:
+        return Ladder(self.ladder)
+
+    def receipt_deadline_ms(self, priority: Priority, mode: Mode) -> int:
+        overlay = self.modes.get(mode)
+        if overlay and priority in overlay.receipt_deadlines:
+            return overlay.receipt_deadlines[priority] * 1000
+        return self.receipt_deadlines[priority] * 1000
+
+    def allowed_roles(self, message_type: MessageType, mode: Mode) -> tuple[Role, ...] | None:
+        """Roles allowed to send ``message_type`` in ``mode``; ``None`` means every actor."""
+        overlay = self.modes.get(mode)
+        if overlay and message_type in overlay.rights:
+            return overlay.rights[message_type]
+        return self.rights.get(message_type)
+
+    def required_recipients(self, message_type: MessageType, mode: Mode) -> tuple[str, ...]:
+        overlay = self.modes.get(mode)
+        if overlay is None:
+            return ()
+        return overlay.required_recipients.get(message_type, ())
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"]+)\s*=")
+_TOML_LINE = re.compile(r"line (\d+)")
+
+
+def _line_of(text: str, loc: tuple[str, ...]) -> int | None:
+    """Best line for a field path: where its deepest named table or key is written."""
+    best: tuple[int, int] | None = None  # (matched depth, line)
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            table = tuple(part.strip().strip('"') for part in header.group(1).split("."))
+            path = table
+        else:
+            key = _KEY.match(line)
+            if not key:
+                continue
+            path = (*table, key.group(1).strip('"'))
+        depth = len(path)
+        if loc[:depth] == path and (best is None or depth > best[0]):
+            best = (depth, number)
+    return best[1] if best else None
+
+
+def load_policy(text: str) -> Policy:
+    """Parse a policy file's text.
+
+    >>> load_policy('ceiling = "INTERN"').ceiling
+    'INTERN'
+    """
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES:
+        raise PolicyError(f"policy file larger than {MAX_POLICY_BYTES} bytes")
+    try:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = _TOML_LINE.search(str(exc))
+        raise PolicyError(
+            f"policy file is not valid TOML: {exc}", line=int(found.group(1)) if found else None
+        ) from exc
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        loc = tuple(str(part) for part in first["loc"])
+        field = ".".join(loc) or None
+        line = _line_of(text, loc) if loc else None
+        where = f" (line {line})" if line else ""
+        raise PolicyError(
+            f"policy field {field or '(top level)'}{where}: {first['msg']}", field=field, line=line
+        ) from exc

@@ -1,0 +1,1 @@
+"""Client library and the ``ssr`` command line for actor systems."""
