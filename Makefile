@@ -35,10 +35,10 @@ test: lint typecheck unit
 
 # Regenerate the published JSON Schemas and test vectors (tests fail if they drift).
 schemas: $(STAMP)
-	$(BIN)/python -m broker.core.schemagen schemas
+	$(BIN)/python -m broker.schemagen schemas
 
 vectors: $(STAMP)
-	$(BIN)/python -m broker.core.vectorgen schemas/vectors
+	$(BIN)/python -m broker.vectors schemas/vectors
 
 bench: $(STAMP)
 	$(BIN)/python bench/core_costs.py

@@ -34,7 +34,8 @@ MUNICIPALITIES = (
 )  # fmt: skip
 
 # id, name, kind, clearance, categories, groups, roles
-OTHER_ACTORS: tuple[tuple[str, str, ActorKind, str, tuple[str, ...], tuple[str, ...], tuple[Role, ...]], ...] = (
+_ActorRow = tuple[str, str, ActorKind, str, tuple[str, ...], tuple[str, ...], tuple[Role, ...]]
+OTHER_ACTORS: tuple[_ActorRow, ...] = (
     ("lansstyrelsen-stockholm", "Länsstyrelsen Stockholm", ActorKind.COUNTY, "SEKRETESS",
      ("infrastruktur",), ("inriktande", "kommunikatorer", "samordnande", "tib"),
      (Role.ACTIVATOR, Role.AUTHORITY)),
@@ -93,7 +94,7 @@ def demo_actors(identities: dict[str, Identity], since: int) -> tuple[Actor, ...
     actors = []
     for slug in MUNICIPALITIES:
         sign, enc = _keys(identities[slug], since)
-        groups = (
+        groups: tuple[str, ...] = (
             ("kommuner", "kommunikatorer", "tib")
             if slug in {"stockholm", "nacka"}
             else ("kommuner", "tib")

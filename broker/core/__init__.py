@@ -55,7 +55,7 @@ from .errors import (
     ReceiptError,
 )
 from .keys import EncryptionKeyPair, Identity, SigningKeyPair, load_identity, save_identity
-from .labels import DEFAULT_CEILING, STANDARD_LADDER, Ladder, Label, Tlp
+from .labels import DEFAULT_CEILING, STANDARD_LADDER, Label, Ladder, Tlp
 from .policy import Policy, load_policy
 from .receipts import (
     ReceiptBody,

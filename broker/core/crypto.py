@@ -63,7 +63,13 @@ def encryption_public_key(secret: bytes) -> bytes:
 
 
 def sign(seed: bytes, data: bytes) -> bytes:
-    return nacl.signing.SigningKey(seed).sign(data).signature
+    return signer(seed)(data)
+
+
+def signer(seed: bytes) -> Callable[[bytes], bytes]:
+    """A signing function with the key expanded once (expansion costs as much as a signature)."""
+    key = nacl.signing.SigningKey(seed)
+    return lambda data: key.sign(data).signature
 
 
 def verify(public_key: bytes, data: bytes, signature: bytes) -> None:

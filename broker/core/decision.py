@@ -85,7 +85,12 @@ class Accept:
 
 @dataclass(frozen=True)
 class Reject:
-    """Refuse the envelope. ``message_id``/``sender`` are set when the signature verified."""
+    """Refuse the envelope.
+
+    ``message_id`` and ``sender`` are set once the envelope verified completely (signature,
+    header, sender owns the key, wraps match) and so name a real sender to notify; refusals
+    before that carry neither.
+    """
 
     reason: Reason
     detail: str
@@ -220,8 +225,10 @@ def _check_rights(header: Header, envelope: SignedEnvelope, policy: Policy, mode
         and not any(sender.has_role(r) for r in region_wide.roles)
     ):
         raise _Refusal(Reason.REGION_WIDE_NOT_ALLOWED, "only an authority may activate region-wide")
-    missing = tuple(
-        r for r in policy.required_recipients(header.type, mode) if r not in header.recipients
+    missing = tuple(  # the sender need not address itself
+        r
+        for r in policy.required_recipients(header.type, mode)
+        if r not in header.recipients and r != header.sender
     )
     if missing:
         raise _Refusal(
@@ -238,12 +245,12 @@ def _check_recipients(
     found: dict[Reason, list[str]] = {}
     for wrap in envelope.wraps:
         actor = directory.actor(wrap.recipient)
-        current = actor.encryption_key(now) if actor else None
+        usable = {k.key_id for k in actor.encryption_keys if k.usable_at(now)} if actor else set()
         if actor is None:
             reason = Reason.RECIPIENT_UNKNOWN
         elif actor.status is not ActorStatus.ACTIVE:
             reason = Reason.RECIPIENT_INACTIVE
-        elif current is None or current.key_id != wrap.key_id:
+        elif wrap.key_id not in usable:  # any usable key: rotations overlap
             reason = Reason.RECIPIENT_KEY_INVALID
         elif not ladder.knows(actor.clearance) or ladder.rank(actor.clearance) < ladder.rank(
             label.classification
@@ -279,8 +286,12 @@ def _check_forward(header: Header, policy: Policy, origin: ForwardOrigin | None)
         raise _Refusal(
             Reason.FORWARD_ORIGIN_UNKNOWN, "the forwarded message is not known to the broker"
         )
-    original = origin.header
-    if not policy.ladder_order.dominates(header.label, original.label):
+    original, ladder = origin.header, policy.ladder_order
+    # An original accepted under an older ladder may carry a level this one lacks; the
+    # labels cannot then be compared, and an incomparable forward is refused (fail closed).
+    if not ladder.knows(original.label.classification) or not ladder.dominates(
+        header.label, original.label
+    ):
         raise _Refusal(
             Reason.FORWARD_LABEL_LOWERED, "a forward must carry at least the original label"
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -28,11 +28,12 @@ from .limits import (
     MAX_DIRECTORY_BYTES,
     MAX_GROUPS,
     MAX_KEYS_PER_ACTOR,
+    MAX_SAFE_INTEGER,
 )
 from .vocabulary import Role
-from .wire import HexId, Hash, Millis, Name, Slug, SortedSlugs, WireModel
+from .wire import Categories, Hash, HexId, Millis, Name, Slug, SortedSlugs, WireModel
 
-DIRECTORY_VERSION = 1
+DIRECTORY_VERSION: Final = 1
 
 
 class KeyRecord(WireModel):
@@ -120,7 +121,7 @@ class Actor(WireModel):
     kind: ActorKind
     status: ActorStatus = ActorStatus.ACTIVE
     clearance: ClassificationName
-    categories: SortedSlugs = ()
+    categories: Categories = ()
     groups: SortedSlugs = ()
     roles: tuple[Role, ...] = ()
     signing_keys: Keys
@@ -162,7 +163,7 @@ class DirectoryDocument(WireModel):
 
     v: Literal[1] = DIRECTORY_VERSION
     region: Slug
-    version: Annotated[int, Field(ge=1)]
+    version: Annotated[int, Field(ge=1, le=MAX_SAFE_INTEGER)]
     previous: Hash | None
     issued: Millis
     authority_keys: Keys

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -46,9 +46,9 @@ from .limits import (
 )
 from .policy import Policy
 from .vocabulary import MessageType, Priority, ReferenceKind, Status
-from .wire import Hash, HexId, Millis, Slug, SortedSlugs, WireModel
+from .wire import Hash, HexId, Millis, Recipients, Slug, WireModel
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION: Final = 1
 ContentType = Annotated[str, Field(pattern=r"^[a-z]+/[a-z0-9.+-]+$", max_length=100)]
 
 
@@ -68,7 +68,7 @@ class Header(WireModel):
     type: MessageType
     sender: Slug
     sender_key: HexId
-    recipients: Annotated[SortedSlugs, Field(min_length=1, max_length=MAX_RECIPIENTS)]
+    recipients: Recipients
     label: Label
     status: Status
     priority: Priority
@@ -79,9 +79,11 @@ class Header(WireModel):
     content_type: ContentType = "application/octet-stream"
 
     @model_validator(mode="after")
-    def _times(self) -> Self:
+    def _consistent(self) -> Self:
         if self.expires <= self.created:
             raise ValueError("expires must be later than created")
+        if sum(r.kind is ReferenceKind.FORWARD for r in self.references) > 1:
+            raise ValueError("an envelope forwards at most one message")
         return self
 
     def forwarded(self) -> Reference | None:
@@ -94,6 +96,11 @@ class Wrap(WireModel):
     recipient: Slug
     key_id: HexId
     sealed: Annotated[str, Field(min_length=108, max_length=108)]  # 80 bytes in base64
+
+    @model_validator(mode="after")
+    def _sealed_is_base64(self) -> Self:
+        unb64(self.sealed, length=crypto.SEAL_OVERHEAD_BYTES + crypto.CONTENT_KEY_BYTES)
+        return self
 
 
 class KeyWraps(WireModel):
@@ -275,28 +282,36 @@ def open_envelope(
     """Verify and decrypt an envelope addressed to ``me`` (the recipient's check).
 
     Every cryptographic failure raises :class:`OpenError` with code
-    ``invalid``. Other refusals: ``expired``, ``not_yet_valid``,
-    ``sender_key_revoked``, ``not_addressed``, ``not_cleared``.
-    Replays are the caller's to drop (it keeps the seen ids).
+    ``invalid``. Other refusals: ``sender_inactive``, ``sender_key_revoked``,
+    ``not_yet_valid``, ``expired``, ``lifetime_too_long``, ``not_addressed``,
+    ``label_invalid``, ``not_cleared``. Replays are the caller's to drop (it keeps the seen ids).
+
+    The sender key must have been usable when the envelope was created and
+    must not be revoked now: a recipient cannot tell a backdated signature
+    from a stolen key from an old one, so revocation refuses both.
     """
     try:
         signed = read_envelope(data, directory, max_bytes=policy.limits.max_envelope_bytes)
     except EnvelopeError as exc:
         raise OpenError("envelope does not verify") from exc
     header = signed.header
-    if (
-        not signed.sender_key.usable_at(header.created)
-        or signed.sender.status is not ActorStatus.ACTIVE
-    ):
-        raise OpenError("sender key not valid when signed", code="sender_key_revoked")
-    skew = policy.limits.clock_skew_seconds * 1000
+    key, limits = signed.sender_key, policy.limits
+    if signed.sender.status is not ActorStatus.ACTIVE:
+        raise OpenError("sender is not an active actor", code="sender_inactive")
+    if key.revoked_by(now) or not key.usable_at(header.created):
+        raise OpenError("sender key revoked or not valid when signed", code="sender_key_revoked")
+    skew = limits.clock_skew_seconds * 1000
     if header.created > now + skew:
         raise OpenError("created in the future", code="not_yet_valid")
     if header.expires <= now - skew:
         raise OpenError("expired", code="expired")
+    if header.expires - header.created > limits.max_lifetime_seconds * 1000:
+        raise OpenError("expiry too far after creation", code="lifetime_too_long")
     wrap = next((w for w in signed.wraps if w.recipient == me.principal), None)
     if wrap is None:
         raise OpenError("not addressed to this actor", code="not_addressed")
+    if header.label.policy != policy.id:
+        raise OpenError("label belongs to another policy", code="label_invalid")
     myself = directory.actor(me.principal)
     ladder = policy.ladder_order
     if (
@@ -309,12 +324,11 @@ def open_envelope(
     try:
         if wrap.key_id != me.encryption.key_id:
             raise crypto.CryptoFailure
+        # The Wrap model guarantees an 80-byte box, so a box that opens holds 32 bytes.
         content_key = crypto.seal_open(unb64(wrap.sealed), me.encryption.secret)
-        if len(content_key) != crypto.CONTENT_KEY_BYTES:
-            raise crypto.CryptoFailure
         nonce = signed.ciphertext[: crypto.AEAD_NONCE_BYTES]
         body = signed.ciphertext[crypto.AEAD_NONCE_BYTES :]
         payload = crypto.aead_decrypt(content_key, nonce, body, bytes.fromhex(signed.header_hash))
-    except (crypto.CryptoFailure, ValueError) as exc:
+    except crypto.CryptoFailure as exc:
         raise OpenError("envelope cannot be opened") from exc
     return OpenedEnvelope(header=header, header_hash=signed.header_hash, payload=payload, raw=data)

@@ -15,7 +15,9 @@ import base64
 import binascii
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from . import canonical, crypto
@@ -59,16 +61,21 @@ class SigningKeyPair:
     def generate(cls, rand: Random = SYSTEM_RANDOM) -> SigningKeyPair:
         return cls(rand(crypto.SECRET_KEY_BYTES))
 
-    @property
+    # Derived values are cached: deriving a public key costs as much as a signature.
+    @cached_property
     def public(self) -> bytes:
         return crypto.signing_public_key(self.seed)
 
-    @property
+    @cached_property
     def key_id(self) -> str:
         return crypto.key_id(self.public).hex()
 
+    @cached_property
+    def _signer(self) -> Callable[[bytes], bytes]:
+        return crypto.signer(self.seed)
+
     def sign(self, data: bytes) -> bytes:
-        return crypto.sign(self.seed, data)
+        return self._signer(data)
 
     def __repr__(self) -> str:  # never print a secret
         return f"SigningKeyPair(key_id={self.key_id})"
@@ -88,11 +95,11 @@ class EncryptionKeyPair:
     def generate(cls, rand: Random = SYSTEM_RANDOM) -> EncryptionKeyPair:
         return cls(rand(crypto.SECRET_KEY_BYTES))
 
-    @property
+    @cached_property
     def public(self) -> bytes:
         return crypto.encryption_public_key(self.secret)
 
-    @property
+    @cached_property
     def key_id(self) -> str:
         return crypto.key_id(self.public).hex()
 
@@ -136,8 +143,9 @@ class Identity:
             raise KeyFileError(f"key file is not canonical JSON: {exc.message}") from exc
         if not isinstance(doc, dict) or doc.get("kind") != KEY_FILE_KIND:
             raise KeyFileError("not an ssr secret key file")
-        if doc.get("v") != KEY_FILE_VERSION:
-            raise KeyFileError(f"unsupported key file version {doc.get('v')!r}")
+        version = doc.get("v")
+        if isinstance(version, bool) or version != KEY_FILE_VERSION:  # true == 1 in Python
+            raise KeyFileError(f"unsupported key file version {version!r}")
         if set(doc) != {"kind", "v", "principal", "signing_seed", "encryption_secret"}:
             raise KeyFileError("key file has missing or unknown fields")
         principal = doc["principal"]
@@ -153,6 +161,7 @@ class Identity:
 
 def save_identity(path: Path, identity: Identity) -> None:
     """Write a new secret key file readable by its owner only; never overwrite one."""
+    data = identity.to_bytes()  # before creating: a failure must not leave an empty key file
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:
@@ -160,7 +169,7 @@ def save_identity(path: Path, identity: Identity) -> None:
     except OSError as exc:
         raise KeyFileError(f"cannot create {path}: {exc.strerror}") from exc
     with os.fdopen(fd, "wb") as handle:
-        handle.write(identity.to_bytes())
+        handle.write(data)
 
 
 def load_identity(path: Path) -> Identity:
@@ -176,6 +185,11 @@ def load_identity(path: Path) -> Identity:
             f"{path} is accessible by group or others (mode {stat.S_IMODE(info.st_mode):o}); "
             "run: chmod 600 " + str(path)
         )
-    if info.st_size > MAX_KEY_FILE_BYTES:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_KEY_FILE_BYTES + 1)  # bounded, whatever the file's size
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > MAX_KEY_FILE_BYTES:
         raise KeyFileError(f"{path} is too large to be a key file")
-    return Identity.from_bytes(path.read_bytes())
+    return Identity.from_bytes(data)

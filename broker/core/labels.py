@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from .limits import MAX_CATEGORIES
-from .wire import Slug, SortedSlugs, WireModel
+from .limits import MAX_LABEL_BYTES
+from .wire import Categories, Slug, WireModel
 
 STANDARD_LADDER: tuple[str, ...] = (
     "OFFENTLIG",
@@ -62,15 +62,22 @@ NEVER_FORWARDED = frozenset({Tlp.RED, Tlp.AMBER_STRICT})
 class Label(WireModel):
     """The classification label every envelope carries inside its signed header.
 
-    >>> Label(policy="ssr", classification="SEKRETESS", tlp=Tlp.AMBER, legal="OSL 18:13")
-    Label(policy='ssr', classification='SEKRETESS', tlp=<Tlp.AMBER: 'AMBER'>, categories=(), legal='OSL 18:13')
+    Example: ``Label(policy="ssr", classification="SEKRETESS", tlp=Tlp.AMBER,
+    legal="OSL 18:13")`` - secrecy under OSL 18:13, shared with need-to-know
+    inside the recipients' organisations.
     """
 
     policy: Slug
     classification: ClassificationName
     tlp: Tlp
-    categories: Annotated[SortedSlugs, Field(max_length=MAX_CATEGORIES)] = ()
+    categories: Categories = ()
     legal: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        if len(self.to_bytes()) > MAX_LABEL_BYTES:
+            raise ValueError(f"label larger than {MAX_LABEL_BYTES} bytes")
+        return self
 
 
 @dataclass(frozen=True)
@@ -112,8 +119,8 @@ __all__ = [
     "DEFAULT_CEILING",
     "NEVER_FORWARDED",
     "STANDARD_LADDER",
-    "Ladder",
     "Label",
+    "Ladder",
     "Slug",
     "Tlp",
 ]

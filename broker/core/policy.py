@@ -6,7 +6,9 @@ size and time limits, which roles may send which message types, receipt
 deadlines per priority, and overlays per mode. Loading a bad file raises
 :class:`PolicyError` naming the field and, where it can, the line.
 
-Example (every key is optional; this is the default)::
+Example (every key is optional; apart from the mode overlay these are the
+defaults; a [receipt_deadlines] table replaces the default one as a whole,
+so it must list every priority, while a [rights] table amends the defaults)::
 
     format = 1
     id = "ssr"
@@ -15,10 +17,15 @@ Example (every key is optional; this is the default)::
 
     [receipt_deadlines]          # seconds until delivery must be confirmed
     routine = 3600
+    priority = 900
+    immediate = 300
     flash = 60
 
-    [rights]                     # message type -> roles allowed to send it
+    [rights]                     # message type -> roles; amends the defaults ("member": all)
     mode_change = ["authority"]
+    relabel = ["authority"]
+    activation = ["authority", "activator"]
+    incident_close = ["authority", "activator"]
 
     [modes.heightened_alert.required_recipients]
     situation_report = ["lansstyrelsen-stockholm"]
@@ -28,9 +35,17 @@ from __future__ import annotations
 
 import re
 import tomllib
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from .errors import PolicyError
 from .labels import DEFAULT_CEILING, STANDARD_LADDER, ClassificationName, Ladder
@@ -47,7 +62,8 @@ from .wire import Slug
 
 POLICY_FORMAT = 1
 MAX_POLICY_BYTES = 256 * 1024
-Seconds = Annotated[int, Field(gt=0, le=366 * 24 * 3600)]
+# TOML has real integers: Strict() refuses "3", true and 2.0 where a number belongs.
+Seconds = Annotated[int, Strict(), Field(gt=0, le=366 * 24 * 3600)]
 
 
 class _PolicyModel(BaseModel):
@@ -55,11 +71,15 @@ class _PolicyModel(BaseModel):
 
 
 class Limits(_PolicyModel):
-    max_envelope_bytes: Annotated[int, Field(ge=1024, le=MAX_ENVELOPE_BYTES)] = (
+    max_envelope_bytes: Annotated[int, Strict(), Field(ge=1024, le=MAX_ENVELOPE_BYTES)] = (
         DEFAULT_MAX_ENVELOPE_BYTES
     )
-    max_recipients: Annotated[int, Field(ge=1, le=MAX_RECIPIENTS)] = DEFAULT_MAX_RECIPIENTS
-    clock_skew_seconds: Annotated[int, Field(ge=0, le=3600)] = DEFAULT_CLOCK_SKEW_MS // 1000
+    max_recipients: Annotated[int, Strict(), Field(ge=1, le=MAX_RECIPIENTS)] = (
+        DEFAULT_MAX_RECIPIENTS
+    )
+    clock_skew_seconds: Annotated[int, Strict(), Field(ge=0, le=3600)] = (
+        DEFAULT_CLOCK_SKEW_MS // 1000
+    )
     max_lifetime_seconds: Seconds = DEFAULT_MAX_LIFETIME_MS // 1000
 
 
@@ -81,7 +101,7 @@ DEFAULT_RIGHTS: dict[MessageType, tuple[Role, ...]] = {
 class RegionWide(_PolicyModel):
     """An activation to at least ``min_recipients`` actors is region-wide."""
 
-    min_recipients: Annotated[int, Field(ge=2, le=MAX_RECIPIENTS)] = 10
+    min_recipients: Annotated[int, Strict(), Field(ge=2, le=MAX_RECIPIENTS)] = 10
     roles: tuple[Role, ...] = (Role.AUTHORITY,)
 
 
@@ -96,31 +116,59 @@ class ModeOverlay(_PolicyModel):
 class Policy(_PolicyModel):
     """One version of the region's policy; ``Policy()`` is the built-in default."""
 
-    format: int = POLICY_FORMAT
+    format: Annotated[int, Strict()] = POLICY_FORMAT
     id: Slug = "ssr"
-    version: Annotated[int, Field(ge=1)] = 1
+    version: Annotated[int, Strict(), Field(ge=1)] = 1
     ladder: Annotated[tuple[ClassificationName, ...], Field(min_length=2, max_length=16)] = (
         STANDARD_LADDER
     )
-    ceiling: ClassificationName = DEFAULT_CEILING
+    # validate_default: a ladder given without a ceiling must still hold the default ceiling.
+    ceiling: Annotated[ClassificationName, Field(validate_default=True)] = DEFAULT_CEILING
     limits: Limits = Limits()
     receipt_deadlines: dict[Priority, Seconds] = DEFAULT_DEADLINES
     rights: dict[MessageType, tuple[Role, ...]] = DEFAULT_RIGHTS
     region_wide_activation: RegionWide = RegionWide()
     modes: dict[Mode, ModeOverlay] = {}
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.format != POLICY_FORMAT:
+    # Field validators, not one model validator, so that an error names its field and line.
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: int) -> int:
+        if value != POLICY_FORMAT:
             raise ValueError(f"format must be {POLICY_FORMAT}")
-        if len(set(self.ladder)) != len(self.ladder):
+        return value
+
+    @field_validator("ladder")
+    @classmethod
+    def _distinct_levels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
             raise ValueError("ladder lists a level twice")
-        if self.ceiling not in self.ladder:
-            raise ValueError(f"ceiling {self.ceiling!r} is not on the ladder")
-        missing = set(Priority) - set(self.receipt_deadlines)
+        return value
+
+    @field_validator("ceiling")
+    @classmethod
+    def _ceiling_on_ladder(cls, value: str, info: ValidationInfo) -> str:
+        ladder = info.data.get("ladder")  # absent when the ladder itself was invalid
+        if ladder is not None and value not in ladder:
+            raise ValueError(f"ceiling {value!r} is not on the ladder")
+        return value
+
+    @field_validator("receipt_deadlines")
+    @classmethod
+    def _every_priority(cls, value: dict[Priority, int]) -> dict[Priority, int]:
+        missing = set(Priority) - set(value)
         if missing:
             raise ValueError(f"receipt_deadlines lacks {', '.join(sorted(missing))}")
-        return self
+        return value
+
+    @field_validator("rights")
+    @classmethod
+    def _over_defaults(
+        cls, value: dict[MessageType, tuple[Role, ...]]
+    ) -> dict[MessageType, tuple[Role, ...]]:
+        # A [rights] table amends the defaults: leaving out mode_change must not open it
+        # to everyone. To open a type to every actor, grant it to ["member"].
+        return {**DEFAULT_RIGHTS, **value}
 
     @property
     def ladder_order(self) -> Ladder:
@@ -181,6 +229,8 @@ def load_policy(text: str) -> Policy:
         raise PolicyError(f"policy file larger than {MAX_POLICY_BYTES} bytes")
     try:
         raw: dict[str, Any] = tomllib.loads(text)
+    except RecursionError as exc:  # tomllib has no nesting bound: "a = [[[[..."
+        raise PolicyError("policy file nests arrays or tables too deeply") from exc
     except tomllib.TOMLDecodeError as exc:
         found = _TOML_LINE.search(str(exc))
         raise PolicyError(

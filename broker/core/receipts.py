@@ -15,19 +15,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import Field
 
 from . import crypto, frame
-from .directory import Actor, VerifiedDirectory
+from .directory import Actor, ActorStatus, VerifiedDirectory
 from .envelope import Header
 from .errors import FrameError, MalformedInput, ReceiptError
 from .keys import Identity
 from .limits import MAX_RECEIPT_BYTES
 from .wire import Hash, HexId, Millis, Slug, WireModel
 
-RECEIPT_VERSION = 1
+RECEIPT_VERSION: Final = 1
 _SECTIONS = (MAX_RECEIPT_BYTES,)
 
 
@@ -87,11 +87,13 @@ def make_receipt(
     return frame.encode(frame.Kind.RECEIPT, me.signing, (body.to_bytes(),))
 
 
-def verify_receipt(data: bytes, directory: VerifiedDirectory) -> VerifiedReceipt:
-    """Check a receipt's frame and signature, then parse it.
+def verify_receipt(data: bytes, directory: VerifiedDirectory, *, now: int) -> VerifiedReceipt:
+    """Check a receipt's frame and signature, then parse it; ``now`` is epoch milliseconds.
 
     Codes: ``receipt_malformed``, ``receipt_unknown_signer``,
-    ``receipt_bad_signature``, ``receipt_signer_mismatch``, ``receipt_key_invalid``.
+    ``receipt_bad_signature``, ``receipt_signer_mismatch``, ``receipt_signer_inactive``,
+    ``receipt_key_invalid`` (the key was not usable at the receipt's ``at``, or is revoked
+    by ``now``: a stolen key could backdate ``at``).
     """
     try:
         signed = frame.decode(
@@ -115,8 +117,12 @@ def verify_receipt(data: bytes, directory: VerifiedDirectory) -> VerifiedReceipt
     actor = directory.actor(signer.principal)
     if actor is None or body.recipient != actor.id or body.signer_key != signed.signer_id:
         raise ReceiptError("receipt names another signer", code="receipt_signer_mismatch")
-    if not signer.record.usable_at(body.at):
-        raise ReceiptError("signing key not valid at the receipt time", code="receipt_key_invalid")
+    if actor.status is not ActorStatus.ACTIVE:
+        raise ReceiptError("receipt signer is not an active actor", code="receipt_signer_inactive")
+    if signer.record.revoked_by(now) or not signer.record.usable_at(body.at):
+        raise ReceiptError(
+            "signing key revoked or not valid at the receipt time", code="receipt_key_invalid"
+        )
     return VerifiedReceipt(body, actor, data)
 
 

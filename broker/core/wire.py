@@ -14,7 +14,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from . import canonical
 from .errors import CanonicalJsonError, MalformedInput
-from .limits import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_SAFE_INTEGER, MAX_TEXT_CHARS
+from .limits import (
+    MAX_CATEGORIES,
+    MAX_GROUPS,
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_RECIPIENTS,
+    MAX_SAFE_INTEGER,
+    MAX_TEXT_CHARS,
+)
 
 SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
 """Ids of actors, groups, officers, incidents, categories: safe as a NATS subject token."""
@@ -36,7 +44,23 @@ def _sorted_unique(values: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
-SortedSlugs = Annotated[tuple[Slug, ...], AfterValidator(_sorted_unique)]
+_UNIQUE = {"uniqueItems": True}
+SortedSlugs = Annotated[
+    tuple[Slug, ...],
+    Field(max_length=MAX_GROUPS, json_schema_extra=_UNIQUE),
+    AfterValidator(_sorted_unique),
+]
+"""A set of ids, written as a sorted array without duplicates (one encoding per set)."""
+Categories = Annotated[
+    tuple[Slug, ...],
+    Field(max_length=MAX_CATEGORIES, json_schema_extra=_UNIQUE),
+    AfterValidator(_sorted_unique),
+]
+Recipients = Annotated[
+    tuple[Slug, ...],
+    Field(min_length=1, max_length=MAX_RECIPIENTS, json_schema_extra=_UNIQUE),
+    AfterValidator(_sorted_unique),
+]
 
 M = TypeVar("M", bound="WireModel")
 
@@ -51,13 +75,16 @@ class WireModel(BaseModel):
         return self.model_dump(mode="json")
 
     def to_bytes(self) -> bytes:
-        """The canonical bytes of this document."""
-        return canonical.dumps(self.wire())
+        """The canonical bytes of this document (field names are ASCII identifiers)."""
+        return canonical.dumps_ascii_keys(self.wire())
 
     @classmethod
     def parse(cls, data: bytes, *, max_bytes: int) -> Self:
         """Parse canonical bytes; raise :class:`MalformedInput` naming the first bad field."""
-        canonical.loads(data, max_bytes=max_bytes)  # duplicate names, floats, depth, form
+        # Strict JSON rules first (duplicate names, floats, integer range, UTF-8); nesting is
+        # bounded by the size limit and then by the model's fixed shape. The canonical-form
+        # check happens once, on the validated model, so every field and set order is covered.
+        canonical.loads(data, max_bytes=max_bytes, require_canonical=False)
         try:
             model = cls.model_validate_json(data, strict=True)
         except ValidationError as exc:

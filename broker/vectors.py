@@ -1,0 +1,490 @@
+"""Known-answer test vectors for second implementations (``schemas/vectors/``).
+
+Everything derives from one seed and fixed times, so ``python -m
+broker.vectors schemas/vectors`` writes the same bytes every time and the
+test suite regenerates the vectors and compares them with the published
+files. Each invalid case names the stage that must refuse it (``broker``:
+``decide``; ``recipient``: ``open_envelope``) and the expected reason code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from broker.core import (
+    Actor,
+    ActorKind,
+    DirectoryDocument,
+    Identity,
+    KeyRecord,
+    Label,
+    MessageType,
+    Priority,
+    ReceiptKind,
+    RecipientKey,
+    Role,
+    SigningKeyPair,
+    Tlp,
+    VerifiedDirectory,
+    build_envelope,
+    make_receipt,
+    read_envelope,
+    sign_directory,
+    successor,
+    verify_directory,
+)
+from broker.core import frame as frames
+from broker.core.crypto import seeded_random
+from broker.core.envelope import KeyWraps
+
+SEED = b"ssr-test-vectors-v1"
+ISSUED = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+CREATED = 1_790_000_000_000  # 2026-09-21T14:13:20Z
+EXPIRES = CREATED + 3_600_000
+YEAR = 365 * 24 * 3_600_000
+PAYLOAD = "Lägesbild 14:00: storm over Nacka, 3 000 households without power.".encode()
+SENDER = "nacka"
+RECIPIENTS = ("polisen-stockholm", "sos-alarm", "stockholm")
+OUTSIDER = "solna"
+
+
+@dataclass
+class _Fixture:
+    authority: SigningKeyPair
+    identities: dict[str, Identity]
+    directory: VerifiedDirectory
+    rand: Callable[[int], bytes]
+
+
+def _actor(identity: Identity, kind: ActorKind, clearance: str, **extra: Any) -> Actor:
+    def record(public: bytes) -> tuple[KeyRecord, ...]:
+        return (KeyRecord.for_key(public, not_before=ISSUED, not_after=ISSUED + 2 * YEAR),)
+
+    return Actor(
+        id=identity.principal,
+        name=identity.principal.replace("-", " ").title(),
+        kind=kind,
+        clearance=clearance,
+        signing_keys=record(identity.signing.public),
+        encryption_keys=record(identity.encryption.public),
+        **extra,
+    )
+
+
+def _fixture() -> _Fixture:
+    rand = seeded_random(SEED)
+    authority = SigningKeyPair.generate(rand)
+    kinds = {
+        "nacka": (ActorKind.MUNICIPALITY, "SEKRETESS"),
+        "polisen-stockholm": (ActorKind.POLICE, "SEKRETESS"),
+        "solna": (ActorKind.MUNICIPALITY, "SEKRETESS"),
+        "sos-alarm": (ActorKind.DISPATCH, "SEKRETESS"),
+        "stockholm": (ActorKind.MUNICIPALITY, "SEKRETESS"),
+        "stockholms-hamnar": (ActorKind.PORT, "INTERN"),
+    }
+    identities = {name: Identity.generate(name, rand) for name in kinds}
+    actors = tuple(
+        _actor(
+            identities[name],
+            kind,
+            clearance,
+            roles=(Role.ACTIVATOR,) if name == "stockholm" else (),
+        )
+        for name, (kind, clearance) in kinds.items()
+    )
+    document = DirectoryDocument(
+        region="ssr-vectors",
+        version=1,
+        previous=None,
+        issued=ISSUED,
+        authority_keys=(
+            KeyRecord.for_key(authority.public, not_before=ISSUED, not_after=ISSUED + 5 * YEAR),
+        ),
+        actors=actors,
+    )
+    directory = verify_directory(sign_directory(document, authority), pinned=authority.public)
+    return _Fixture(authority, identities, directory, rand)
+
+
+def _label(classification: str = "SEKRETESS", tlp: Tlp = Tlp.AMBER) -> Label:
+    return Label(policy="ssr", classification=classification, tlp=tlp, legal="OSL 18:13")
+
+
+def _envelope(fx: _Fixture, *, to: tuple[str, ...] = RECIPIENTS, **overrides: Any) -> bytes:
+    args: dict[str, Any] = {
+        "sender": fx.identities[SENDER],
+        "recipients": [RecipientKey.of(fx.directory.actor(a), CREATED) for a in to],  # type: ignore[arg-type]
+        "label": _label(),
+        "message_type": MessageType.SITUATION_REPORT,
+        "payload": PAYLOAD,
+        "created": CREATED,
+        "expires": EXPIRES,
+        "priority": Priority.PRIORITY,
+        "incident": "storm-2026-09",
+        "content_type": "text/plain",
+        "rand": fx.rand,
+    }
+    args.update(overrides)
+    return build_envelope(**args)
+
+
+def _reframe(
+    signer: SigningKeyPair,
+    header: bytes,
+    wraps: bytes,
+    ciphertext: bytes,
+    signature: bytes | None = None,
+) -> bytes:
+    """Frame sections; with ``signature`` keep that (stale) signature instead of signing."""
+    fresh = frames.encode(frames.Kind.ENVELOPE, signer, (header, wraps, ciphertext))
+    return fresh if signature is None else fresh[:-64] + signature
+
+
+def _header_with(raw: bytes, fx: _Fixture, **changes: Any) -> bytes:
+    header = read_envelope(raw, fx.directory).header
+    return header.model_copy(update=changes).to_bytes()
+
+
+def _case(
+    name: str, stage: str, reason: str, envelope: bytes, what: str, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": what,
+        "stage": stage,
+        "reason": reason,
+        "envelope": envelope.hex(),
+        **extra,
+    }
+
+
+def _invalid_cases(fx: _Fixture, valid: bytes) -> list[dict[str, Any]]:
+    decoded = frames.decode(
+        valid, frames.Kind.ENVELOPE, max_bytes=1 << 22, max_section=(1 << 22,) * 3
+    )
+    header, wraps, ciphertext = decoded.sections
+    sender = fx.identities[SENDER].signing
+    flipped = bytearray(valid)
+    flipped[-1] ^= 0x01
+    lowered = header.replace(b'"classification":"SEKRETESS"', b'"classification":"OFFENTLIG"')
+    outsider_key = RecipientKey.of(fx.directory.actor(OUTSIDER), CREATED)  # type: ignore[arg-type]
+    added_header = _header_with(valid, fx, recipients=tuple(sorted((*RECIPIENTS, OUTSIDER))))
+    wrap_list = KeyWraps.model_validate_json(wraps).wire()["wraps"]
+    extra_wrap = {
+        "recipient": OUTSIDER,
+        "key_id": outsider_key.key_id,
+        "sealed": wrap_list[0]["sealed"],
+    }
+    added_wraps = KeyWraps.model_validate_json(
+        json.dumps({"wraps": sorted([*wrap_list, extra_wrap], key=lambda w: w["recipient"])})
+    ).to_bytes()
+    truncated = ciphertext[:-1]
+    version_2 = bytearray(valid)
+    version_2[3] = 2
+    stranger = Identity.generate("nacka", fx.rand)
+    pretty_header = json.dumps(json.loads(header), indent=1).encode()
+    other_sender = _header_with(valid, fx, sender="solna")
+    fewer_wraps = KeyWraps.model_validate_json(json.dumps({"wraps": wrap_list[:2]})).to_bytes()
+    return [
+        _case(
+            "bad_signature",
+            "broker",
+            "bad_signature",
+            bytes(flipped),
+            "last signature byte flipped",
+        ),
+        _case(
+            "tampered_label",
+            "broker",
+            "bad_signature",
+            _reframe(sender, lowered, wraps, ciphertext, decoded.signature),
+            "classification lowered to OFFENTLIG, original signature kept",
+        ),
+        _case(
+            "added_recipient",
+            "broker",
+            "bad_signature",
+            _reframe(sender, added_header, added_wraps, ciphertext, decoded.signature),
+            "solna added to recipients and wraps, original signature kept",
+        ),
+        _case(
+            "truncated_ciphertext",
+            "broker",
+            "bad_signature",
+            _reframe(sender, header, wraps, truncated, decoded.signature),
+            "last ciphertext byte removed, lengths fixed, original signature kept",
+        ),
+        _case("truncated_frame", "broker", "malformed", valid[:-10], "frame cut 10 bytes short"),
+        _case(
+            "unsupported_version",
+            "broker",
+            "unsupported_version",
+            bytes(version_2),
+            "format version byte set to 2",
+        ),
+        _case(
+            "unknown_sender_key",
+            "broker",
+            "unknown_sender_key",
+            _envelope(fx, sender=stranger),
+            "signed by a key the directory does not list",
+        ),
+        _case(
+            "non_canonical_header",
+            "broker",
+            "malformed",
+            _reframe(sender, pretty_header, wraps, ciphertext),
+            "validly signed but the header JSON is indented",
+        ),
+        _case(
+            "sender_mismatch",
+            "broker",
+            "sender_mismatch",
+            _reframe(sender, other_sender, wraps, ciphertext),
+            "nacka's key signs a header that claims solna sent it",
+        ),
+        _case(
+            "wraps_mismatch",
+            "broker",
+            "wraps_mismatch",
+            _reframe(sender, header, fewer_wraps, ciphertext),
+            "validly signed, one recipient has no key wrap",
+        ),
+        _case(
+            "expired",
+            "broker",
+            "expired",
+            valid,
+            "valid envelope checked after its expiry",
+            now=EXPIRES + 1,
+        ),
+        _case(
+            "not_yet_valid",
+            "broker",
+            "not_yet_valid",
+            valid,
+            "valid envelope checked 10 minutes before its creation",
+            now=CREATED - 600_000,
+        ),
+        _case(
+            "replay",
+            "broker",
+            "replay",
+            valid,
+            "message id already seen",
+            seen=[read_envelope(valid, fx.directory).header.id],
+        ),
+        _case(
+            "above_ceiling",
+            "broker",
+            "above_ceiling",
+            _envelope(fx, label=_label("HEMLIG")),
+            "HEMLIG is above the default ceiling SEKRETESS",
+        ),
+        _case(
+            "recipient_not_cleared",
+            "broker",
+            "recipient_not_cleared",
+            _envelope(fx, to=("stockholms-hamnar", "stockholm")),
+            "stockholms-hamnar is cleared for INTERN only",
+            recipients=["stockholms-hamnar"],
+        ),
+        _case(
+            "type_not_allowed",
+            "broker",
+            "type_not_allowed",
+            _envelope(fx, message_type=MessageType.MODE_CHANGE),
+            "only an authority may change the mode",
+        ),
+        _case(
+            "not_addressed",
+            "recipient",
+            "not_addressed",
+            valid,
+            "opened by solna, which is not a recipient",
+            recipient=OUTSIDER,
+        ),
+        _case(
+            "wrong_recipient_key",
+            "recipient",
+            "invalid",
+            valid,
+            "opened by sos-alarm with a secret key that is not its directory key",
+            recipient="sos-alarm",
+            recipient_secret=Identity.generate("sos-alarm", fx.rand).encryption.secret.hex(),
+        ),
+    ]
+
+
+def _hexkeys(identity: Identity) -> dict[str, str]:
+    return {
+        "signing_seed": identity.signing.seed.hex(),
+        "signing_public": identity.signing.public.hex(),
+        "signing_key_id": identity.signing.key_id,
+        "encryption_secret": identity.encryption.secret.hex(),
+        "encryption_public": identity.encryption.public.hex(),
+        "encryption_key_id": identity.encryption.key_id,
+    }
+
+
+def build_vectors() -> dict[str, Any]:
+    """All vector documents by file name."""
+    fx = _fixture()
+    common = {
+        "authority_public": fx.authority.public.hex(),
+        "directory": fx.directory.raw.hex(),
+        "policy": "the built-in default policy (broker.core.Policy())",
+    }
+    draws: list[bytes] = []
+
+    def recorded(n: int) -> bytes:
+        draws.append(fx.rand(n))
+        return draws[-1]
+
+    valid = _envelope(fx, rand=recorded)
+    _message_id, content_key, _nonce, *ephemeral = draws  # build_envelope's draw order
+    decoded = frames.decode(
+        valid, frames.Kind.ENVELOPE, max_bytes=1 << 22, max_section=(1 << 22,) * 3
+    )
+    signed = read_envelope(valid, fx.directory)
+    envelope = {
+        **common,
+        "description": "nacka sends a SEKRETESS / TLP:AMBER situation report to three recipients",
+        "now": CREATED + 1_000,
+        "sender": {
+            "actor": SENDER,
+            **{
+                k: v
+                for k, v in _hexkeys(fx.identities[SENDER]).items()
+                if "public" in k or "key_id" in k
+            },
+        },
+        "recipients": [{"actor": a, **_hexkeys(fx.identities[a])} for a in RECIPIENTS],
+        "envelope": valid.hex(),
+        "expected": {
+            "header": json.loads(decoded.sections[0]),
+            "header_bytes": decoded.sections[0].decode(),
+            "header_hash": signed.header_hash,
+            "wraps": json.loads(decoded.sections[1]),
+            "content_key": content_key.hex(),
+            "nonce": decoded.sections[2][:24].hex(),
+            "ephemeral_secrets": [e.hex() for e in ephemeral],
+            "signature": decoded.signature.hex(),
+            "plaintext": PAYLOAD.decode(),
+            "plaintext_hex": PAYLOAD.hex(),
+        },
+    }
+    invalid = {**common, "now": CREATED + 1_000, "cases": _invalid_cases(fx, valid)}
+    recipient = fx.identities["sos-alarm"]
+    receipt = make_receipt(
+        recipient, signed.header, signed.header_hash, ReceiptKind.DELIVERED, at=CREATED + 2_000
+    )
+    receipts = {
+        **common,
+        "description": "sos-alarm confirms delivery of the valid envelope",
+        "now": CREATED + 3_000,
+        "envelope": valid.hex(),
+        "receipt": receipt.hex(),
+        "expected": {
+            "body": json.loads(
+                frames.decode(
+                    receipt, frames.Kind.RECEIPT, max_bytes=1 << 16, max_section=(1 << 16,)
+                ).sections[0]
+            )
+        },
+    }
+    return {
+        "envelope-valid.json": envelope,
+        "envelope-invalid.json": invalid,
+        "receipt.json": receipts,
+        "directory-chain.json": _directory_chain(fx),
+    }
+
+
+def _directory_chain(fx: _Fixture) -> dict[str, Any]:
+    v1 = fx.directory
+    new_nacka = Identity.generate("nacka", fx.rand)
+    rotated = []
+    for actor in v1.document.actors:
+        if actor.id == "nacka":
+            old = actor.signing_keys[0].model_copy(update={"not_after": CREATED + 600_000})
+            new = KeyRecord.for_key(
+                new_nacka.signing.public, not_before=CREATED, not_after=CREATED + 2 * YEAR
+            )
+            actor = actor.model_copy(update={"signing_keys": (old, new)})
+        rotated.append(actor)
+    v2_raw = sign_directory(successor(v1, issued=CREATED, actors=tuple(rotated)), fx.authority)
+    v2 = verify_directory(v2_raw, pinned=fx.authority.public, previous=v1)
+    revoked = []
+    for actor in v2.document.actors:
+        if actor.id == "solna":
+            keys = tuple(
+                k.model_copy(update={"revoked_at": CREATED + 3_600_000}) for k in actor.signing_keys
+            )
+            actor = actor.model_copy(update={"signing_keys": keys})
+        revoked.append(actor)
+    v3_raw = sign_directory(
+        successor(v2, issued=CREATED + 3_600_000, actors=tuple(revoked)), fx.authority
+    )
+    v3 = verify_directory(v3_raw, pinned=fx.authority.public, previous=v2)
+    forger = SigningKeyPair.generate(fx.rand)
+    forged = sign_directory(
+        successor(v2, issued=CREATED + 3_600_000, actors=tuple(revoked)), forger
+    )
+    return {
+        "description": "v1; v2 rotates nacka's signing key; v3 revokes solna's signing key",
+        "authority_public": fx.authority.public.hex(),
+        "versions": [v.raw.hex() for v in (v1, v2, v3)],
+        "expected_hashes": [v.hash for v in (v1, v2, v3)],
+        "invalid": [
+            {
+                "name": "forged_v3",
+                "description": "v3 signed by a key that is no authority key",
+                "previous": 2,
+                "version": forged.hex(),
+                "reason": "directory_unknown_signer",
+            },
+            {
+                "name": "reordered",
+                "description": "v3 offered directly after v1",
+                "previous": 1,
+                "version": v3_raw.hex(),
+                "reason": "directory_not_next",
+            },
+            {
+                "name": "tampered_v2",
+                "description": "v2 with one byte of its document changed",
+                "previous": 1,
+                "version": _flip_inside(v2_raw).hex(),
+                "reason": "directory_bad_signature",
+            },
+        ],
+    }
+
+
+def _flip_inside(raw: bytes) -> bytes:
+    changed = bytearray(raw)
+    changed[100] ^= 0x20
+    return bytes(changed)
+
+
+def render(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    target = Path(argv[1] if len(argv) > 1 else "schemas/vectors")
+    target.mkdir(parents=True, exist_ok=True)
+    for name, document in build_vectors().items():
+        (target / name).write_text(render(document), encoding="utf-8")
+        print(f"wrote {target / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,202 @@
+"""The ``ssr`` command line. This first version covers keys, policy files and the
+directory; sending, inbox and the authority's directory verbs come with the
+client library.
+
+Exit codes: 0 success, 1 a check failed (a document does not verify),
+2 bad usage or unreadable input. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from broker import __version__
+from broker.core import (
+    CoreError,
+    DirectoryError,
+    Identity,
+    KeyFileError,
+    PolicyError,
+    load_identity,
+    load_policy,
+    save_identity,
+    verify_chain,
+)
+from broker.core.wire import SLUG_PATTERN
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+MAX_INPUT_BYTES = 8 * 1024 * 1024
+
+
+class CliError(Exception):
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _read(path: str) -> bytes:
+    file = Path(path)
+    try:
+        if file.stat().st_size > MAX_INPUT_BYTES:
+            raise CliError(f"{path}: larger than {MAX_INPUT_BYTES} bytes")
+        return file.read_bytes()
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror}") from exc
+
+
+def _public_key(value: str) -> bytes:
+    """An authority public key: 64 hex digits, or a file holding them."""
+    text = value if len(value) == 64 else _read(value).decode("ascii", "replace").strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise CliError("authority key must be 64 hex digits (or a file holding them)")
+    return key
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False) if args.json else text)
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    if not re.match(SLUG_PATTERN, args.principal):
+        raise CliError(f"principal {args.principal!r} must be a slug like 'nacka' or 'sos-alarm'")
+    identity = Identity.generate(args.principal)
+    save_identity(Path(args.out), identity)
+    return _show(args, identity, f"wrote {args.out} (mode 600)")
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    return _show(args, load_identity(Path(args.file)), str(args.file))
+
+
+def _show(args: argparse.Namespace, identity: Identity, title: str) -> int:
+    data = {
+        "principal": identity.principal,
+        "signing_key_id": identity.signing.key_id,
+        "signing_public": identity.signing.public.hex(),
+        "encryption_key_id": identity.encryption.key_id,
+        "encryption_public": identity.encryption.public.hex(),
+    }
+    lines = [title] + [f"  {name}: {value}" for name, value in data.items()]
+    _emit(args, data, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    raw = _read(args.file)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{args.file}: not UTF-8 text") from exc
+    try:
+        policy = load_policy(text)
+    except PolicyError as exc:
+        raise CliError(f"{args.file}: {exc.message}", EXIT_CHECK_FAILED) from exc
+    data = {
+        "id": policy.id,
+        "version": policy.version,
+        "ceiling": policy.ceiling,
+        "ladder": list(policy.ladder),
+        "modes": sorted(policy.modes),
+    }
+    _emit(
+        args,
+        data,
+        f"{args.file}: policy {policy.id} v{policy.version} is valid; ceiling {policy.ceiling}",
+    )
+    return EXIT_OK
+
+
+def cmd_directory_verify(args: argparse.Namespace) -> int:
+    pinned = _public_key(args.authority_key)
+    versions = [_read(path) for path in args.files]
+    try:
+        directory = verify_chain(versions, pinned=pinned)
+    except DirectoryError as exc:
+        raise CliError(f"directory refused ({exc.code}): {exc.message}", EXIT_CHECK_FAILED) from exc
+    document = directory.document
+    data = {
+        "region": document.region,
+        "version": document.version,
+        "hash": directory.hash,
+        "actors": len(document.actors),
+        "groups": len(document.groups),
+        "officers": len(document.officers),
+    }
+    text = (
+        f"directory {document.region} v{document.version} verifies "
+        f"({len(versions)} version(s) chained)\n  hash: {directory.hash}\n"
+        f"  actors: {data['actors']}, groups: {data['groups']}, officers: {data['officers']}"
+    )
+    _emit(args, data, text)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssr",
+        description="ssr-broker: secure information sharing for Samverkan Stockholmsregionen.",
+    )
+    parser.add_argument("--version", action="version", version=f"ssr {__version__}")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    keys = commands.add_parser("keys", help="create and inspect key files").add_subparsers(
+        dest="verb", metavar="VERB", required=True
+    )
+    new = keys.add_parser("new", help="create a signing and an encryption key pair")
+    new.add_argument("--principal", required=True, help="actor or officer id, e.g. nacka")
+    new.add_argument("--out", required=True, help="secret key file to create (mode 600)")
+    new.set_defaults(handler=cmd_keys_new)
+    show = keys.add_parser("show", help="print the public keys and key ids of a key file")
+    show.add_argument("file")
+    show.set_defaults(handler=cmd_keys_show)
+
+    policy = commands.add_parser("policy", help="policy files").add_subparsers(
+        dest="verb", metavar="VERB", required=True
+    )
+    check = policy.add_parser("check", help="validate a policy file")
+    check.add_argument("file")
+    check.set_defaults(handler=cmd_policy_check)
+
+    directory = commands.add_parser("directory", help="the signed directory").add_subparsers(
+        dest="verb", metavar="VERB", required=True
+    )
+    verify = directory.add_parser("verify", help="verify a chain of directory versions")
+    verify.add_argument(
+        "--authority-key", required=True, help="pinned authority public key (hex or file)"
+    )
+    verify.add_argument("files", nargs="+", help="directory version files, oldest first")
+    verify.set_defaults(handler=cmd_directory_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except CliError as exc:
+        print(f"ssr: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyFileError as exc:
+        print(f"ssr: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except CoreError as exc:
+        print(f"ssr: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
