@@ -599,3 +599,10 @@ def test_a_given_message_id_draws_no_randomness_for_it(make_envelope):
 def test_wrap_model_bounds():
     with pytest.raises(ValueError, match="sealed"):
         Wrap(recipient="nacka", key_id="00" * 16, sealed="A" * 107)
+
+
+def test_label_of_another_policy_is_refused_by_the_recipient(region, make_envelope):
+    foreign = Label(policy="other-region", classification="INTERN", tlp=Tlp.GREEN)
+    raw = make_envelope(label=foreign)
+    assert open_code(raw, region, "sos-alarm") == "label_invalid"
+    assert open_as(raw, region, "sos-alarm", policy=Policy(id="other-region")).payload == PAYLOAD

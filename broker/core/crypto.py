@@ -62,10 +62,6 @@ def encryption_public_key(secret: bytes) -> bytes:
     return sodium.crypto_scalarmult_base(secret)
 
 
-def sign(seed: bytes, data: bytes) -> bytes:
-    return signer(seed)(data)
-
-
 def signer(seed: bytes) -> Callable[[bytes], bytes]:
     """A signing function with the key expanded once (expansion costs as much as a signature)."""
     key = nacl.signing.SigningKey(seed)
