@@ -1094,3 +1094,10 @@ def test_a_rejection_never_carries_payload(region, make_envelope):
     decision = decide_at(raw, region)
     assert isinstance(decision, Reject)
     assert secret.decode() not in repr(decision)
+
+
+def test_the_reserved_receipt_type_is_refused_by_default(region, make_envelope):
+    raw = make_envelope(sender="lansstyrelsen-stockholm", message_type=MessageType.RECEIPT)
+    decision = decide_at(raw, region)
+    assert isinstance(decision, Reject)
+    assert decision.reason is Reason.TYPE_NOT_ALLOWED

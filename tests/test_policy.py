@@ -67,6 +67,7 @@ def test_default_policy_values() -> None:
         MessageType.RELABEL: (Role.AUTHORITY,),
         MessageType.ACTIVATION: (Role.AUTHORITY, Role.ACTIVATOR),
         MessageType.INCIDENT_CLOSE: (Role.AUTHORITY, Role.ACTIVATOR),
+        MessageType.RECEIPT: (),
     }
     assert p.region_wide_activation == RegionWide(min_recipients=10, roles=(Role.AUTHORITY,))
     assert p.modes == {}
@@ -155,6 +156,7 @@ def test_a_full_policy_loads_every_field() -> None:
         MessageType.RELABEL: (Role.AUTHORITY,),  # not in the file: kept from the defaults
         MessageType.ACTIVATION: (Role.AUTHORITY, Role.ACTIVATOR),
         MessageType.INCIDENT_CLOSE: (Role.AUTHORITY, Role.ACTIVATOR),
+        MessageType.RECEIPT: (),
     }
     assert p.region_wide_activation.min_recipients == 2
     assert p.region_wide_activation.roles == (Role.AUTHORITY, Role.ACTIVATOR)

@@ -77,12 +77,19 @@ def verify(public_key: bytes, data: bytes, signature: bytes) -> None:
 
 
 def seal(message: bytes, recipient_public: bytes, ephemeral_secret: bytes) -> bytes:
-    """``crypto_box_seal`` with a caller-chosen ephemeral secret key."""
+    """``crypto_box_seal`` with a caller-chosen ephemeral secret key.
+
+    Raises :class:`CryptoFailure` when libsodium refuses the recipient key (a small-order
+    point, whose shared secret would be all zeros, or a key of the wrong length).
+    """
     ephemeral_public = sodium.crypto_scalarmult_base(ephemeral_secret)
     nonce = nacl.hash.blake2b(
         ephemeral_public + recipient_public, digest_size=24, encoder=nacl.encoding.RawEncoder
     )
-    boxed = sodium.crypto_box(message, nonce, recipient_public, ephemeral_secret)
+    try:
+        boxed = sodium.crypto_box(message, nonce, recipient_public, ephemeral_secret)
+    except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, ValueError) as exc:
+        raise CryptoFailure from exc
     return ephemeral_public + boxed
 
 

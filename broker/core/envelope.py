@@ -204,19 +204,21 @@ def build_envelope(
     content_key = rand(crypto.CONTENT_KEY_BYTES)
     nonce = rand(crypto.AEAD_NONCE_BYTES)
     ciphertext = nonce + crypto.aead_encrypt(content_key, nonce, payload, header_hash(header_bytes))
-    wraps = KeyWraps(
-        wraps=tuple(
-            Wrap(
-                recipient=r.actor,
-                key_id=r.key_id,
-                sealed=b64(crypto.seal(content_key, r.public, rand(crypto.SECRET_KEY_BYTES))),
-            )
-            for r in ordered
-        )
-    )
+    wraps = KeyWraps(wraps=tuple(_wrap(content_key, r, rand) for r in ordered))
     return frame.encode(
         frame.Kind.ENVELOPE, sender.signing, (header_bytes, wraps.to_bytes(), ciphertext)
     )
+
+
+def _wrap(content_key: bytes, recipient: RecipientKey, rand: Random) -> Wrap:
+    try:
+        sealed = crypto.seal(content_key, recipient.public, rand(crypto.SECRET_KEY_BYTES))
+    except crypto.CryptoFailure as exc:
+        raise EnvelopeError(
+            f"{recipient.actor}'s encryption key is refused by libsodium (small-order point?)",
+            code="recipient_key_invalid",
+        ) from exc
+    return Wrap(recipient=recipient.actor, key_id=recipient.key_id, sealed=b64(sealed))
 
 
 def read_envelope(
@@ -284,7 +286,8 @@ def open_envelope(
     Every cryptographic failure raises :class:`OpenError` with code
     ``invalid``. Other refusals: ``sender_inactive``, ``sender_key_revoked``,
     ``not_yet_valid``, ``expired``, ``lifetime_too_long``, ``not_addressed``,
-    ``label_invalid``, ``not_cleared``. Replays are the caller's to drop (it keeps the seen ids).
+    ``label_invalid``, ``not_cleared``. Replays are the caller's to drop: it keeps the seen
+    ids until ``expires`` plus the policy's clock leeway, as this still opens until then.
 
     The sender key must have been usable when the envelope was created and
     must not be revoked now: a recipient cannot tell a backdated signature

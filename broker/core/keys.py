@@ -172,12 +172,7 @@ def save_identity(path: Path, identity: Identity) -> None:
         handle.write(data)
 
 
-def load_identity(path: Path) -> Identity:
-    """Read a secret key file; refuse one that group or others can read or write."""
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise KeyFileError(f"cannot read {path}: {exc.strerror}") from exc
+def _check_private(path: Path, info: os.stat_result) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise KeyFileError(f"{path} is not a regular file")
     if info.st_mode & 0o077:
@@ -185,8 +180,14 @@ def load_identity(path: Path) -> Identity:
             f"{path} is accessible by group or others (mode {stat.S_IMODE(info.st_mode):o}); "
             "run: chmod 600 " + str(path)
         )
+
+
+def load_identity(path: Path) -> Identity:
+    """Read a secret key file; refuse one that group or others can read or write."""
     try:
+        _check_private(path, path.stat())  # before opening: a FIFO would block the open
         with path.open("rb") as handle:
+            _check_private(path, os.fstat(handle.fileno()))  # the file actually opened
             data = handle.read(MAX_KEY_FILE_BYTES + 1)  # bounded, whatever the file's size
     except OSError as exc:
         raise KeyFileError(f"cannot read {path}: {exc.strerror}") from exc

@@ -95,6 +95,7 @@ DEFAULT_RIGHTS: dict[MessageType, tuple[Role, ...]] = {
     MessageType.RELABEL: (Role.AUTHORITY,),
     MessageType.ACTIVATION: (Role.AUTHORITY, Role.ACTIVATOR),
     MessageType.INCIDENT_CLOSE: (Role.AUTHORITY, Role.ACTIVATOR),
+    MessageType.RECEIPT: (),  # reserved: receipts travel as their own signed frames
 }
 
 
@@ -194,7 +195,10 @@ class Policy(_PolicyModel):
         return overlay.required_recipients.get(message_type, ())
 
 
-_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+# Linear-time patterns only: the loader runs them over every line of a file of up to
+# 256 KiB, and nested ambiguous quantifiers (``\s*([^\]]+?)\s*``) backtrack cubically on a
+# long "[   ..." line. Names are stripped in Python instead.
+_HEADER = re.compile(r"^\s*\[\[?([^\]]+)\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"]+)\s*=")
 _TOML_LINE = re.compile(r"line (\d+)")
 
@@ -236,6 +240,8 @@ def load_policy(text: str) -> Policy:
         raise PolicyError(
             f"policy file is not valid TOML: {exc}", line=int(found.group(1)) if found else None
         ) from exc
+    except ValueError as exc:  # tomllib's int() of a > 4300-digit number (str-digits limit)
+        raise PolicyError(f"policy file holds a number that cannot be read: {exc}") from exc
     try:
         return Policy.model_validate(raw)
     except ValidationError as exc:

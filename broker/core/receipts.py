@@ -67,7 +67,10 @@ def make_receipt(
 ) -> bytes:
     """Sign a receipt for a message ``me`` received.
 
-    Raises :class:`ReceiptError` if ``me`` is not among its recipients.
+    Raises :class:`ReceiptError` if ``me`` is not among its recipients
+    (``receipt_not_recipient``), or if the body is invalid or its canonical bytes exceed
+    the 4096-byte bound that every verifier enforces (``receipt_malformed``): a note of
+    1000 characters fits only if they need few enough bytes.
     """
     if me.principal not in header.recipients:
         raise ReceiptError("only a recipient can sign a receipt", code="receipt_not_recipient")
@@ -84,7 +87,13 @@ def make_receipt(
         )
     except ValueError as exc:
         raise ReceiptError(f"cannot build receipt: {exc}", code="receipt_malformed") from exc
-    return frame.encode(frame.Kind.RECEIPT, me.signing, (body.to_bytes(),))
+    data = body.to_bytes()
+    if len(data) > MAX_RECEIPT_BYTES:  # 1000 characters may need more bytes than the body bound
+        raise ReceiptError(
+            f"receipt body of {len(data)} bytes exceeds {MAX_RECEIPT_BYTES}; shorten the note",
+            code="receipt_malformed",
+        )
+    return frame.encode(frame.Kind.RECEIPT, me.signing, (data,))
 
 
 def verify_receipt(data: bytes, directory: VerifiedDirectory, *, now: int) -> VerifiedReceipt:
