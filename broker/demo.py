@@ -13,6 +13,7 @@ from broker.core.crypto import SYSTEM_RANDOM, Random
 from broker.core.directory import (
     Actor,
     ActorKind,
+    BrokerService,
     DirectoryDocument,
     Group,
     KeyRecord,
@@ -22,6 +23,7 @@ from broker.core.directory import (
     verify_directory,
 )
 from broker.core.keys import Identity, SigningKeyPair
+from broker.core.notices import BrokerIdentity
 from broker.core.vocabulary import Role
 
 YEAR_MS = 365 * 24 * 3600 * 1000
@@ -76,6 +78,7 @@ class DemoRegion:
     authority: SigningKeyPair
     identities: dict[str, Identity]
     officers: dict[str, SigningKeyPair]
+    broker: BrokerIdentity
     directory: VerifiedDirectory
 
     @property
@@ -138,6 +141,7 @@ def demo_region(*, now: int, rand: Random = SYSTEM_RANDOM, region: str = "ssr") 
         "sakerhetschef-lansstyrelsen": SigningKeyPair.generate(rand),
         "sakerhetschef-nacka": SigningKeyPair.generate(rand),
     }
+    broker = BrokerIdentity("ssr-broker", SigningKeyPair.generate(rand))
     until = now + 2 * YEAR_MS
     document = DirectoryDocument(
         region=region,
@@ -171,7 +175,16 @@ def demo_region(*, now: int, rand: Random = SYSTEM_RANDOM, region: str = "ssr") 
                 ),
             ),
         ),
+        brokers=(
+            BrokerService(
+                id=broker.broker,
+                name="ssr-broker (demo)",
+                signing_keys=(
+                    KeyRecord.for_key(broker.signing.public, not_before=now, not_after=until),
+                ),
+            ),
+        ),
     )
     signed = sign_directory(document, authority)
     verified = verify_directory(signed, pinned=authority.public)
-    return DemoRegion(authority, identities, officers, verified)
+    return DemoRegion(authority, identities, officers, broker, verified)

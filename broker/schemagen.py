@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from broker.core.directory import DirectoryDocument
 from broker.core.envelope import Header, KeyWraps
 from broker.core.labels import Label
+from broker.core.notices import NoticeBody
 from broker.core.policy import Policy
 from broker.core.receipts import ReceiptBody
 from broker.core.wire import WireModel
@@ -28,6 +29,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "label": Label,
     "key-wraps": KeyWraps,
     "receipt-body": ReceiptBody,
+    "notice-body": NoticeBody,
     "directory": DirectoryDocument,
     "policy": Policy,
 }

@@ -125,7 +125,6 @@ def _envelope(fx: _Fixture, *, to: tuple[str, ...] = RECIPIENTS, **overrides: An
         "created": CREATED,
         "expires": EXPIRES,
         "priority": Priority.PRIORITY,
-        "incident": "storm-2026-09",
         "content_type": "text/plain",
         "rand": fx.rand,
     }

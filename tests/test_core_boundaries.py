@@ -51,7 +51,8 @@ EXPECTED_EXPORTS = {
     "VerifiedDirectory", "VerifiedReceipt", "build_envelope", "check_receipt_matches", "decide",
     "load_identity", "load_policy", "make_receipt", "open_envelope", "read_envelope",
     "save_identity", "sign_directory", "successor", "verify_chain", "verify_directory",
-    "verify_receipt",
+    "verify_receipt", "BrokerService", "PrincipalKind", "Control", "Incident", "BrokerIdentity",
+    "NoticeBody", "NoticeError", "NoticeKind", "make_notice", "verify_notice",
 }  # fmt: skip
 
 

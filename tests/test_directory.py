@@ -17,6 +17,7 @@ from broker.core.directory import (
     ActorStatus,
     DirectoryDocument,
     KeyRecord,
+    PrincipalKind,
     SignerKey,
     VerifiedDirectory,
     sign_directory,
@@ -638,7 +639,7 @@ def test_actor_signing_key_rotation_and_revocation(
     new_signer = v2.signer(new_key.key_id)
     assert old_signer is not None
     assert new_signer is not None
-    assert (old_signer.principal, old_signer.is_officer) == ("nacka", False)
+    assert (old_signer.principal, old_signer.kind) == ("nacka", PrincipalKind.ACTOR)
     assert new_signer.principal == "nacka"
     # The revoked key is usable before its revocation time and never after.
     assert old_signer.record.usable_at(revoke_at - 1)
@@ -716,13 +717,13 @@ def test_signer_lookup(region: DemoRegion, v1: VerifiedDirectory) -> None:
     signer = v1.signer(nacka.signing.key_id)
     assert isinstance(signer, SignerKey)
     assert signer.principal == "nacka"
-    assert signer.is_officer is False
+    assert signer.kind is PrincipalKind.ACTOR
     assert signer.record.raw == nacka.signing.public
 
     officer_key = region.officers["sakerhetschef-nacka"]
     officer = v1.signer(officer_key.key_id)
     assert officer is not None
-    assert (officer.principal, officer.is_officer) == ("sakerhetschef-nacka", True)
+    assert (officer.principal, officer.kind) == ("sakerhetschef-nacka", PrincipalKind.OFFICER)
 
     assert v1.signer(region.authority.key_id) is None  # the authority signs no envelopes
     assert v1.signer(nacka.encryption.key_id) is None  # an encryption key is no signer

@@ -17,11 +17,17 @@ from broker.core.keys import SigningKeyPair
 SIGNER = SigningKeyPair.generate(seeded_random(b"frame-signer"))
 OTHER = SigningKeyPair.generate(seeded_random(b"frame-other"))
 BIG = 1 << 20
-LIMITS = {Kind.ENVELOPE: (BIG, BIG, BIG), Kind.RECEIPT: (BIG,), Kind.DIRECTORY: (BIG,)}
+LIMITS = {
+    Kind.ENVELOPE: (BIG, BIG, BIG),
+    Kind.RECEIPT: (BIG,),
+    Kind.DIRECTORY: (BIG,),
+    Kind.NOTICE: (BIG,),
+}
 SECTIONS = {
     Kind.ENVELOPE: (b'{"header":1}', b"wraps", b"ciphertext"),
     Kind.RECEIPT: (b'{"receipt":1}',),
     Kind.DIRECTORY: (b'{"directory":1}',),
+    Kind.NOTICE: (b'{"notice":1}',),
 }
 
 

@@ -22,10 +22,12 @@ from .directory import (
     Actor,
     ActorKind,
     ActorStatus,
+    BrokerService,
     DirectoryDocument,
     Group,
     KeyRecord,
     Officer,
+    PrincipalKind,
     VerifiedDirectory,
     sign_directory,
     successor,
@@ -33,6 +35,7 @@ from .directory import (
     verify_directory,
 )
 from .envelope import (
+    Control,
     Header,
     OpenedEnvelope,
     RecipientKey,
@@ -54,8 +57,17 @@ from .errors import (
     PolicyError,
     ReceiptError,
 )
+from .incidents import Incident
 from .keys import EncryptionKeyPair, Identity, SigningKeyPair, load_identity, save_identity
 from .labels import DEFAULT_CEILING, STANDARD_LADDER, Label, Ladder, Tlp
+from .notices import (
+    BrokerIdentity,
+    NoticeBody,
+    NoticeError,
+    NoticeKind,
+    make_notice,
+    verify_notice,
+)
 from .policy import Policy, load_policy
 from .receipts import (
     ReceiptBody,
@@ -74,7 +86,10 @@ __all__ = [
     "Actor",
     "ActorKind",
     "ActorStatus",
+    "BrokerIdentity",
+    "BrokerService",
     "CanonicalJsonError",
+    "Control",
     "CoreError",
     "Decision",
     "DirectoryDocument",
@@ -86,6 +101,7 @@ __all__ = [
     "Group",
     "Header",
     "Identity",
+    "Incident",
     "KeyFileError",
     "KeyRecord",
     "Label",
@@ -93,11 +109,15 @@ __all__ = [
     "MalformedInput",
     "MessageType",
     "Mode",
+    "NoticeBody",
+    "NoticeError",
+    "NoticeKind",
     "Officer",
     "OpenError",
     "OpenedEnvelope",
     "Policy",
     "PolicyError",
+    "PrincipalKind",
     "Priority",
     "Reason",
     "ReceiptBody",
@@ -119,6 +139,7 @@ __all__ = [
     "decide",
     "load_identity",
     "load_policy",
+    "make_notice",
     "make_receipt",
     "open_envelope",
     "read_envelope",
@@ -127,5 +148,6 @@ __all__ = [
     "successor",
     "verify_chain",
     "verify_directory",
+    "verify_notice",
     "verify_receipt",
 ]

@@ -16,16 +16,17 @@ recipients, so the sender can fix exactly those.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from .directory import ActorStatus, VerifiedDirectory
 from .envelope import Header, SignedEnvelope, read_envelope
 from .errors import EnvelopeError
+from .incidents import Incident
 from .labels import NEVER_FORWARDED, Tlp
 from .policy import Policy
-from .vocabulary import MessageType, Mode, Status
+from .vocabulary import MessageType, Mode, Role, Status
 
 
 class Reason(StrEnum):
@@ -61,6 +62,12 @@ class Reason(StrEnum):
     TLP_FORWARD_FORBIDDEN = "tlp_forward_forbidden"
     TLP_AMBER_UNAPPROVED = "tlp_amber_unapproved"
     FORWARD_LABEL_LOWERED = "forward_label_lowered"
+    CONTROL_INVALID = "control_invalid"
+    INCIDENT_UNKNOWN = "incident_unknown"
+    INCIDENT_CLOSED = "incident_closed"
+    INCIDENT_OWNER_ONLY = "incident_owner_only"
+    INCIDENT_STATUS_MISMATCH = "incident_status_mismatch"
+    NOT_INCIDENT_PARTICIPANT = "not_incident_participant"
 
 
 @dataclass(frozen=True)
@@ -132,12 +139,13 @@ def decide(
     now: int,
     seen: Container[str],
     origin: ForwardOrigin | None = None,
+    incidents: Mapping[str, Incident] | None = None,
 ) -> Decision:
     """Decide one submitted envelope. ``seen`` holds message ids already accepted.
 
     ``origin`` is the referenced original when the envelope is a forward
     (the broker looks it up by the forward reference); without it a forward
-    is refused.
+    is refused. ``incidents`` holds the incidents the broker knows, by id.
     """
     try:
         envelope = read_envelope(raw, directory, max_bytes=policy.limits.max_envelope_bytes)
@@ -153,6 +161,7 @@ def decide(
             now=now,
             seen=seen,
             origin=origin,
+            incidents=incidents or {},
         )
     except _Refusal as refusal:
         return Reject(refusal.reason, refusal.detail, refusal.recipients, header.id, header.sender)
@@ -169,6 +178,7 @@ def _check(
     now: int,
     seen: Container[str],
     origin: ForwardOrigin | None,
+    incidents: Mapping[str, Incident],
 ) -> None:
     header, sender, key = envelope.header, envelope.sender, envelope.sender_key
     limits = policy.limits
@@ -191,6 +201,8 @@ def _check(
         raise _Refusal(Reason.TOO_MANY_RECIPIENTS, f"more than {limits.max_recipients} recipients")
     _check_label(header, envelope, policy)
     _check_rights(header, envelope, policy, mode)
+    _check_control(header)
+    _check_incident(header, envelope, incidents)
     _check_recipients(envelope, directory, policy, now)
     if header.forwarded() is not None:
         _check_forward(header, policy, origin)
@@ -235,6 +247,61 @@ def _check_rights(header: Header, envelope: SignedEnvelope, policy: Policy, mode
             Reason.REQUIRED_RECIPIENT_MISSING,
             f"in mode {mode.value} a {header.type.value} must also go to these actors",
             missing,
+        )
+
+
+def _check_control(header: Header) -> None:
+    control = header.control
+    if header.type is MessageType.MODE_CHANGE:
+        ok = control is not None and control.mode is not None and control.incident_type is None
+    elif header.type is MessageType.ACTIVATION:
+        ok = control is not None and control.mode is None and header.incident is not None
+    else:
+        ok = control is None
+    if header.type is MessageType.INCIDENT_CLOSE and header.incident is None:
+        ok = False
+    if not ok:
+        raise _Refusal(Reason.CONTROL_INVALID, f"{header.type.value} with wrong control fields")
+
+
+def _check_incident(
+    header: Header, envelope: SignedEnvelope, incidents: Mapping[str, Incident]
+) -> None:
+    if header.incident is None:
+        return
+    incident = incidents.get(header.incident)
+    may_steer = incident is not None and (
+        incident.owner == header.sender or envelope.sender.has_role(Role.AUTHORITY)
+    )
+    if header.type is MessageType.ACTIVATION:
+        if incident is None:
+            if header.control is None or header.control.incident_type is None:
+                raise _Refusal(Reason.CONTROL_INVALID, "a new incident needs incident_type")
+            return
+        if not incident.is_open:
+            raise _Refusal(Reason.INCIDENT_CLOSED, f"incident {incident.id} is closed")
+        if not may_steer:
+            raise _Refusal(Reason.INCIDENT_OWNER_ONLY, "only the owner or an authority may do that")
+    elif incident is None:
+        raise _Refusal(Reason.INCIDENT_UNKNOWN, f"no incident {header.incident}")
+    elif not incident.is_open:
+        raise _Refusal(Reason.INCIDENT_CLOSED, f"incident {incident.id} is closed")
+    elif header.type is MessageType.INCIDENT_CLOSE:
+        if not may_steer:
+            raise _Refusal(Reason.INCIDENT_OWNER_ONLY, "only the owner or an authority may do that")
+    elif header.sender not in incident.participants:
+        raise _Refusal(Reason.NOT_INCIDENT_PARTICIPANT, "sender does not take part in the incident")
+    else:
+        outside = tuple(r for r in header.recipients if r not in incident.participants)
+        if outside:
+            raise _Refusal(
+                Reason.NOT_INCIDENT_PARTICIPANT, "recipients outside the incident", outside
+            )
+    if incident is not None and header.status is not incident.status:
+        raise _Refusal(
+            Reason.INCIDENT_STATUS_MISMATCH,
+            f"incident {incident.id} is {incident.status.value} traffic; "
+            f"this message is {header.status.value}",
         )
 
 

@@ -149,6 +149,14 @@ class Group(WireModel):
     name: Name
 
 
+class BrokerService(WireModel):
+    """A broker process group: its key signs the notices it sends to actors."""
+
+    id: Slug
+    name: Name
+    signing_keys: Keys
+
+
 class Officer(WireModel):
     """A security officer (säkerhetschef): ``actor`` is their scope, ``None`` the whole region."""
 
@@ -170,12 +178,14 @@ class DirectoryDocument(WireModel):
     actors: Annotated[tuple[Actor, ...], Field(max_length=MAX_DIRECTORY_ACTORS)]
     groups: Annotated[tuple[Group, ...], Field(max_length=MAX_GROUPS)] = ()
     officers: Annotated[tuple[Officer, ...], Field(max_length=MAX_DIRECTORY_ACTORS)] = ()
+    brokers: Annotated[tuple[BrokerService, ...], Field(max_length=MAX_GROUPS)] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         _unique_ids(self.actors, "actors")
         _unique_ids(self.groups, "groups")
         _unique_ids(self.officers, "officers")
+        _unique_ids(self.brokers, "brokers")
         _unique_key_ids(self.authority_keys)
         if (self.version == 1) != (self.previous is None):
             raise ValueError("version 1 and only version 1 has no previous hash")
@@ -190,17 +200,24 @@ class DirectoryDocument(WireModel):
                 raise ValueError(f"officer {officer.id} is scoped to unknown actor {officer.actor}")
         signing = [k.key_id for a in self.actors for k in a.signing_keys]
         signing += [k.key_id for o in self.officers for k in o.signing_keys]
+        signing += [k.key_id for b in self.brokers for k in b.signing_keys]
         if len(set(signing)) != len(signing):
             raise ValueError("a signing key belongs to two principals")
         return self
 
 
+class PrincipalKind(StrEnum):
+    ACTOR = "actor"
+    OFFICER = "officer"
+    BROKER = "broker"
+
+
 @dataclass(frozen=True)
 class SignerKey:
-    """Who owns a signing key: an actor or an officer, and the key's record."""
+    """Who owns a signing key (an actor, an officer or a broker) and the key's record."""
 
     principal: str
-    is_officer: bool
+    kind: PrincipalKind
     record: KeyRecord
 
 
@@ -218,12 +235,12 @@ class VerifiedDirectory:
     @classmethod
     def _index(cls, document: DirectoryDocument, raw: bytes) -> VerifiedDirectory:
         actors = {a.id: a for a in document.actors}
-        signers = {
-            k.key_id: SignerKey(a.id, False, k) for a in document.actors for k in a.signing_keys
-        }
-        signers.update(
-            {k.key_id: SignerKey(o.id, True, k) for o in document.officers for k in o.signing_keys}
-        )
+        owners = [
+            *((a.id, PrincipalKind.ACTOR, a.signing_keys) for a in document.actors),
+            *((o.id, PrincipalKind.OFFICER, o.signing_keys) for o in document.officers),
+            *((b.id, PrincipalKind.BROKER, b.signing_keys) for b in document.brokers),
+        ]
+        signers = {k.key_id: SignerKey(who, kind, k) for who, kind, keys in owners for k in keys}
         members = {
             g.id: tuple(a.id for a in document.actors if g.id in a.groups) for g in document.groups
         }

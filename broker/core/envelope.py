@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 
 from . import crypto, frame
 from .crypto import SYSTEM_RANDOM, Random
-from .directory import Actor, ActorStatus, KeyRecord, VerifiedDirectory
+from .directory import Actor, ActorStatus, KeyRecord, PrincipalKind, VerifiedDirectory
 from .errors import EnvelopeError, FrameError, MalformedInput, OpenError
 from .keys import Identity, b64, unb64
 from .labels import Label
@@ -45,7 +45,7 @@ from .limits import (
     MAX_WRAPS_BYTES,
 )
 from .policy import Policy
-from .vocabulary import MessageType, Priority, ReferenceKind, Status
+from .vocabulary import MessageType, Mode, Priority, ReferenceKind, Status
 from .wire import Hash, HexId, Millis, Recipients, Slug, WireModel
 
 ENVELOPE_VERSION: Final = 1
@@ -58,6 +58,17 @@ class Reference(WireModel):
     kind: ReferenceKind
     message: HexId
     header_hash: Hash
+
+
+class Control(WireModel):
+    """Parameters of control messages the broker must read (payloads it cannot).
+
+    ``mode`` for ``mode_change``; ``incident_type`` (a typhändelse from the
+    region's catalogue, e.g. ``storm``) for ``activation``.
+    """
+
+    mode: Mode | None = None
+    incident_type: Slug | None = None
 
 
 class Header(WireModel):
@@ -77,6 +88,7 @@ class Header(WireModel):
     incident: Slug | None = None
     references: Annotated[tuple[Reference, ...], Field(max_length=MAX_REFERENCES)] = ()
     content_type: ContentType = "application/octet-stream"
+    control: Control | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -170,6 +182,7 @@ def build_envelope(
     incident: str | None = None,
     references: Sequence[Reference] = (),
     content_type: str = "application/octet-stream",
+    control: Control | None = None,
     message_id: str | None = None,
     rand: Random = SYSTEM_RANDOM,
 ) -> bytes:
@@ -197,6 +210,7 @@ def build_envelope(
             incident=incident,
             references=tuple(references),
             content_type=content_type,
+            control=control,
         )
     except ValueError as exc:  # pydantic.ValidationError is a ValueError
         raise EnvelopeError(f"cannot build header: {exc}", code="malformed") from exc
@@ -241,7 +255,7 @@ def read_envelope(
         code = exc.code if exc.code in {"too_large", "unsupported_version"} else "malformed"
         raise EnvelopeError(exc.message, code=code) from exc
     signer = directory.signer(signed.signer_id)
-    if signer is None or signer.is_officer:
+    if signer is None or signer.kind is not PrincipalKind.ACTOR:
         raise EnvelopeError(
             "signed by a key the directory does not know", code="unknown_sender_key"
         )

@@ -3,9 +3,9 @@
     offset  size  field
     0       3     magic "SSR"
     3       1     format version, 0x01
-    4       1     kind: "E" envelope, "R" receipt, "D" directory version
+    4       1     kind: "E" envelope, "R" receipt, "D" directory version, "N" notice
     5       16    signer key id (first 16 bytes of SHA-256 of the Ed25519 public key)
-    21      1     number of sections n (E: 3, R: 1, D: 1)
+    21      1     number of sections n (E: 3, R: 1, D: 1, N: 1)
     22      ...   n times: 4-byte big-endian length L, then L bytes
     end-64  64    Ed25519 signature over every byte before it
 
@@ -35,6 +35,7 @@ class Kind(Enum):
     ENVELOPE = b"E"
     RECEIPT = b"R"
     DIRECTORY = b"D"
+    NOTICE = b"N"
 
     @property
     def sections(self) -> int:

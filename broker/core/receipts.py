@@ -20,7 +20,7 @@ from typing import Annotated, Final, Literal
 from pydantic import Field
 
 from . import crypto, frame
-from .directory import Actor, ActorStatus, VerifiedDirectory
+from .directory import Actor, ActorStatus, PrincipalKind, VerifiedDirectory
 from .envelope import Header
 from .errors import FrameError, MalformedInput, ReceiptError
 from .keys import Identity
@@ -111,7 +111,7 @@ def verify_receipt(data: bytes, directory: VerifiedDirectory, *, now: int) -> Ve
     except FrameError as exc:
         raise ReceiptError(exc.message, code="receipt_malformed") from exc
     signer = directory.signer(signed.signer_id)
-    if signer is None or signer.is_officer:
+    if signer is None or signer.kind is not PrincipalKind.ACTOR:
         raise ReceiptError("signed by an unknown key", code="receipt_unknown_signer")
     try:
         signed.verify(signer.record.raw)
