@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/ssr --help
+	$(BIN)/ssr up --data-dir .ssr-data
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

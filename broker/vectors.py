@@ -5,6 +5,8 @@ broker.vectors schemas/vectors`` writes the same bytes every time and the
 test suite regenerates the vectors and compares them with the published
 files. Each invalid case names the stage that must refuse it (``broker``:
 ``decide``; ``recipient``: ``open_envelope``) and the expected reason code.
+``notice.json`` holds the broker's signed rejection of one invalid case and
+notices that every verifier must refuse.
 """
 
 from __future__ import annotations
@@ -19,19 +21,28 @@ from typing import Any
 from broker.core import (
     Actor,
     ActorKind,
+    BrokerIdentity,
+    BrokerService,
+    Control,
     DirectoryDocument,
     Identity,
     KeyRecord,
     Label,
     MessageType,
+    Mode,
+    NoticeKind,
+    Policy,
     Priority,
     ReceiptKind,
     RecipientKey,
+    Reject,
     Role,
     SigningKeyPair,
     Tlp,
     VerifiedDirectory,
     build_envelope,
+    decide,
+    make_notice,
     make_receipt,
     read_envelope,
     sign_directory,
@@ -51,12 +62,15 @@ PAYLOAD = "Lägesbild 14:00: storm over Nacka, 3 000 households without power.".
 SENDER = "nacka"
 RECIPIENTS = ("polisen-stockholm", "sos-alarm", "stockholm")
 OUTSIDER = "solna"
+BROKER = "ssr-broker"
+INCIDENT = "storm-2026-09"
 
 
 @dataclass
 class _Fixture:
     authority: SigningKeyPair
     identities: dict[str, Identity]
+    broker: BrokerIdentity
     directory: VerifiedDirectory
     rand: Callable[[int], bytes]
 
@@ -88,6 +102,7 @@ def _fixture() -> _Fixture:
         "stockholms-hamnar": (ActorKind.PORT, "INTERN"),
     }
     identities = {name: Identity.generate(name, rand) for name in kinds}
+    broker = BrokerIdentity(BROKER, SigningKeyPair.generate(rand))
     actors = tuple(
         _actor(
             identities[name],
@@ -106,9 +121,20 @@ def _fixture() -> _Fixture:
             KeyRecord.for_key(authority.public, not_before=ISSUED, not_after=ISSUED + 5 * YEAR),
         ),
         actors=actors,
+        brokers=(
+            BrokerService(
+                id=BROKER,
+                name="ssr-broker (vectors)",
+                signing_keys=(
+                    KeyRecord.for_key(
+                        broker.signing.public, not_before=ISSUED, not_after=ISSUED + 2 * YEAR
+                    ),
+                ),
+            ),
+        ),
     )
     directory = verify_directory(sign_directory(document, authority), pinned=authority.public)
-    return _Fixture(authority, identities, directory, rand)
+    return _Fixture(authority, identities, broker, directory, rand)
 
 
 def _label(classification: str = "SEKRETESS", tlp: Tlp = Tlp.AMBER) -> Label:
@@ -317,6 +343,20 @@ def _invalid_cases(fx: _Fixture, valid: bytes) -> list[dict[str, Any]]:
             recipient="sos-alarm",
             recipient_secret=Identity.generate("sos-alarm", fx.rand).encryption.secret.hex(),
         ),
+        _case(
+            "control_invalid",
+            "broker",
+            "control_invalid",
+            _envelope(fx, message_type=MessageType.ALERT, control=Control(mode=Mode.ACTIVATED)),
+            "an alert carrying control fields (only mode_change and activation carry them)",
+        ),
+        _case(
+            "incident_unknown",
+            "broker",
+            "incident_unknown",
+            _envelope(fx, incident=INCIDENT),
+            f"a situation report naming the incident {INCIDENT}, which no activation opened",
+        ),
     ]
 
 
@@ -378,7 +418,8 @@ def build_vectors() -> dict[str, Any]:
             "plaintext_hex": PAYLOAD.hex(),
         },
     }
-    invalid = {**common, "now": CREATED + 1_000, "cases": _invalid_cases(fx, valid)}
+    cases = _invalid_cases(fx, valid)
+    invalid = {**common, "now": CREATED + 1_000, "cases": cases}
     recipient = fx.identities["sos-alarm"]
     receipt = make_receipt(
         recipient, signed.header, signed.header_hash, ReceiptKind.DELIVERED, at=CREATED + 2_000
@@ -401,7 +442,82 @@ def build_vectors() -> dict[str, Any]:
         "envelope-valid.json": envelope,
         "envelope-invalid.json": invalid,
         "receipt.json": receipts,
+        "notice.json": _notices(fx, common, cases),
         "directory-chain.json": _directory_chain(fx),
+    }
+
+
+def _notices(fx: _Fixture, common: dict[str, Any], cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """The broker's rejection of the ``recipient_not_cleared`` case, and forgeries of it."""
+    (refused,) = (c for c in cases if c["name"] == "recipient_not_cleared")
+    submitted = bytes.fromhex(refused["envelope"])
+    now = CREATED + 1_000
+    decision = decide(
+        submitted, directory=fx.directory, policy=Policy(), mode=Mode.ORDINARY, now=now, seen=()
+    )
+    assert isinstance(decision, Reject)
+    assert decision.sender is not None
+    sender, at = decision.sender, now + 500
+
+    def rejection(broker: BrokerIdentity, when: int = at) -> bytes:
+        return make_notice(
+            broker,
+            NoticeKind.REJECTED,
+            to=sender,
+            submission=submitted,
+            at=when,
+            message=decision.message_id,
+            header_hash=read_envelope(submitted, fx.directory).header_hash,
+            reason=decision.reason.value,
+            recipients=decision.recipients,
+            detail=decision.detail,
+        )
+
+    notice = rejection(fx.broker)
+    body = frames.decode(
+        notice, frames.Kind.NOTICE, max_bytes=1 << 16, max_section=(1 << 16,)
+    ).sections[0]
+    tampered = bytearray(notice)
+    tampered[26 + body.index(b"stockholms-hamnar")] ^= 0x01  # the named recipient changed
+    other_name = body.replace(f'"broker":"{BROKER}"'.encode(), b'"broker":"annan-broker"')
+    return {
+        **common,
+        "description": "ssr-broker rejects the envelope-invalid case recipient_not_cleared",
+        "now": at + 1_000,
+        "broker": {
+            "id": BROKER,
+            "signing_public": fx.broker.signing.public.hex(),
+            "signing_key_id": fx.broker.signing.key_id,
+        },
+        "envelope": submitted.hex(),
+        "notice": notice.hex(),
+        "expected": {"body": json.loads(body), "body_bytes": body.decode()},
+        "invalid": [
+            {
+                "name": "signed_by_an_actor",
+                "description": "the same notice signed by nacka's actor key",
+                "notice": rejection(BrokerIdentity(BROKER, fx.identities[SENDER].signing)).hex(),
+                "reason": "notice_unknown_signer",
+            },
+            {
+                "name": "other_broker_named",
+                "description": "signed by the broker key, but the body names another broker",
+                "notice": frames.encode(frames.Kind.NOTICE, fx.broker.signing, (other_name,)).hex(),
+                "reason": "notice_unknown_signer",
+            },
+            {
+                "name": "tampered",
+                "description": "the named recipient changed (one bit), original signature kept",
+                "notice": bytes(tampered).hex(),
+                "reason": "notice_bad_signature",
+            },
+            {
+                "name": "before_key_validity",
+                "description": "made at a time before the broker key's not_before",
+                "notice": rejection(fx.broker, when=ISSUED - 1).hex(),
+                "reason": "notice_key_invalid",
+            },
+        ],
     }
 
 

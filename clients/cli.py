@@ -143,6 +143,34 @@ def cmd_directory_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    import asyncio
+    import dataclasses
+    import logging
+
+    from broker.config import BrokerConfig
+    from broker.errors import BrokerError
+    from broker.up import up
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    config = BrokerConfig.from_env()
+    changes: dict[str, Any] = {}
+    if args.data_dir:
+        changes["data_dir"] = Path(args.data_dir)
+    if args.nats:
+        changes["nats_urls"] = tuple(args.nats)
+    if args.http_port is not None:
+        changes["http_port"] = args.http_port
+    config = dataclasses.replace(config, **changes)
+    try:
+        asyncio.run(up(config, demo=not args.no_demo, once=args.once))
+    except BrokerError as exc:
+        raise CliError(f"{exc.code}: {exc.message}") from exc
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssr",
@@ -179,6 +207,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("files", nargs="+", help="directory version files, oldest first")
     verify.set_defaults(handler=cmd_directory_verify)
+
+    run = commands.add_parser(
+        "up", help="run the broker (embedded NATS and the demo region by default)"
+    )
+    run.add_argument("--data-dir", help="data folder (default: $SSR_DATA_DIR or ./ssr-data)")
+    run.add_argument(
+        "--nats",
+        action="append",
+        metavar="URL",
+        help="NATS server URL (repeatable); none: embedded",
+    )
+    run.add_argument("--http-port", type=int, help="HTTP port for /healthz, /readyz, /metrics")
+    run.add_argument(
+        "--no-demo", action="store_true", help="do not create or exercise the demo region"
+    )
+    run.add_argument(
+        "--once", action="store_true", help="stop after the demo scenario (for scripts and tests)"
+    )
+    run.set_defaults(handler=cmd_up)
     return parser
 
 

@@ -23,6 +23,7 @@ from broker.core import (
     ForwardOrigin,
     Header,
     Identity,
+    Incident,
     Label,
     MessageType,
     Mode,
@@ -203,6 +204,7 @@ def decide_at(
     now: int = NOW,
     seen: Container[str] = frozenset(),
     origin: ForwardOrigin | None = None,
+    incidents: Mapping[str, Incident] | None = None,
 ) -> Decision:
     return decide(
         raw,
@@ -212,6 +214,7 @@ def decide_at(
         now=now,
         seen=seen,
         origin=origin,
+        incidents=incidents,
     )
 
 

@@ -25,12 +25,17 @@ import pytest
 
 from broker.core import (
     Accept,
+    BrokerIdentity,
+    Control,
     DirectoryError,
     EnvelopeError,
     Identity,
+    Incident,
     Label,
     MessageType,
     Mode,
+    NoticeError,
+    NoticeKind,
     OpenError,
     Policy,
     PolicyError,
@@ -41,18 +46,22 @@ from broker.core import (
     Reference,
     ReferenceKind,
     Reject,
+    Status,
     Tlp,
     crypto,
     load_policy,
+    make_notice,
     make_receipt,
     read_envelope,
     sign_directory,
     successor,
     verify_directory,
+    verify_notice,
     verify_receipt,
 )
 from broker.core import frame as frame_module
 from broker.core.envelope import header_hash
+from broker.core.incidents import closed_by, opened_by
 from broker.core.keys import EncryptionKeyPair
 from broker.core.limits import MAX_RECEIPT_BYTES
 from broker.demo import MUNICIPALITIES, DemoRegion
@@ -318,6 +327,51 @@ def test_the_authority_key_signs_neither_envelopes_nor_receipts(region):
     assert caught.value.code == "receipt_unknown_signer"
 
 
+def test_the_broker_key_signs_neither_envelopes_nor_receipts(region):
+    """Attack: the broker's notice key (held by the service, so more exposed than an
+    actor's) used as Länsstyrelsen's actor key, e.g. to change the region's mode."""
+    stolen = Identity(
+        "lansstyrelsen-stockholm",
+        region.broker.signing,
+        region.identities["lansstyrelsen-stockholm"].encryption,
+    )
+    raw = build_as(
+        region, stolen, message_type=MessageType.MODE_CHANGE, control=Control(mode=Mode.ACTIVATED)
+    )
+    _refused_everywhere(raw, region, Reason.UNKNOWN_SENDER_KEY)
+    to_authority = build_as(region, region.identities["nacka"], to=("lansstyrelsen-stockholm",))
+    signed = read_envelope(to_authority, region.directory)
+    receipt = make_receipt(stolen, signed.header, signed.header_hash, ReceiptKind.DELIVERED, at=NOW)
+    with pytest.raises(ReceiptError) as caught:
+        verify_receipt(receipt, region.directory, now=NOW)
+    assert caught.value.code == "receipt_unknown_signer"
+
+
+def test_an_actor_cannot_forge_the_brokers_notice(region):
+    """Attack: an actor tells another that its message was accepted (or refused), posing
+    as the broker, with its own real key or the broker's id and key id in the body."""
+    nacka = region.identities["nacka"].signing
+    for forged in (
+        make_notice(
+            BrokerIdentity(region.broker.broker, nacka),
+            NoticeKind.ACCEPTED, to="stockholm", submission=b"x", at=NOW,
+        ),
+        resign(nacka, (_notice_body(region),), frame_module.Kind.NOTICE),
+    ):  # fmt: skip
+        with pytest.raises(NoticeError) as caught:
+            verify_notice(forged, region.directory, now=NOW)
+        assert caught.value.code == "notice_unknown_signer"
+
+
+def _notice_body(region: DemoRegion) -> bytes:
+    notice = make_notice(
+        region.broker, NoticeKind.ACCEPTED, to="stockholm", submission=b"x", at=NOW
+    )
+    return frame_module.decode(
+        notice, frame_module.Kind.NOTICE, max_bytes=1 << 16, max_section=(1 << 16,)
+    ).sections[0]
+
+
 def test_previous_hash_is_over_the_frame_not_the_document(region):
     """Attack (chain confusion): a successor naming the hash of the previous document
     section, which a second implementation might compute instead of the frame's."""
@@ -388,8 +442,13 @@ def test_a_mode_overlay_opening_activation_keeps_the_region_wide_rule(region):
     activates the whole region."""
     policy = load_policy('[modes.activated.rights]\nactivation = ["member"]\n')
     nacka = region.identities["nacka"]
-    few = build_as(region, nacka, to=MUNICIPALITIES[:3], message_type=MessageType.ACTIVATION)
-    many = build_as(region, nacka, to=MUNICIPALITIES[:12], message_type=MessageType.ACTIVATION)
+    activation = {
+        "message_type": MessageType.ACTIVATION,
+        "incident": "storm-2026",
+        "control": Control(incident_type="storm"),
+    }
+    few = build_as(region, nacka, to=MUNICIPALITIES[:3], **activation)
+    many = build_as(region, nacka, to=MUNICIPALITIES[:12], **activation)
     assert isinstance(decide_at(few, region, policy=policy, mode=Mode.ACTIVATED), Accept)
     assert decide_at(few, region, policy=policy, mode=Mode.ORDINARY).reason is (
         Reason.TYPE_NOT_ALLOWED
@@ -403,9 +462,99 @@ def test_an_empty_rights_list_closes_a_type_to_everyone(region):
     """Fail closed: `mode_change = []` is nobody, not everybody (an empty tuple is falsy)."""
     policy = load_policy("[rights]\nmode_change = []\n")
     authority = region.identities["lansstyrelsen-stockholm"]
-    raw = build_as(region, authority, message_type=MessageType.MODE_CHANGE)
+    raw = build_as(
+        region,
+        authority,
+        message_type=MessageType.MODE_CHANGE,
+        control=Control(mode=Mode.ACTIVATED),
+    )
     assert isinstance(decide_at(raw, region), Accept)
     assert decide_at(raw, region, policy=policy).reason is Reason.TYPE_NOT_ALLOWED
+
+
+# --- incidents -----------------------------------------------------------------------------
+
+
+def _storm(region: DemoRegion, status: Status = Status.ACTUAL) -> dict[str, Incident]:
+    """polisen-stockholm's open incident with nacka and sos-alarm."""
+    raw = build_as(
+        region,
+        region.identities["polisen-stockholm"],
+        to=("nacka", "sos-alarm"),
+        message_type=MessageType.ACTIVATION,
+        incident="storm-2026",
+        control=Control(incident_type="storm"),
+        status=status,
+    )
+    decision = decide_at(raw, region)
+    assert isinstance(decision, Accept)
+    return {"storm-2026": opened_by(decision.envelope.header, None)}
+
+
+def test_an_activator_cannot_hijack_another_actors_incident(region):
+    """Attack: another activator re-activates a running incident to replace its
+    participants (dropping the owner, adding itself and a friend)."""
+    incidents = _storm(region)
+    hijack = build_as(
+        region,
+        region.identities["storstockholms-brandforsvar"],
+        to=("huddinge",),
+        message_type=MessageType.ACTIVATION,
+        incident="storm-2026",
+        control=Control(incident_type="storm"),
+    )
+    decision = decide_at(hijack, region, incidents=incidents)
+    assert decision.reason is Reason.INCIDENT_OWNER_ONLY
+
+
+def test_a_closed_incident_id_cannot_be_reopened_under_new_participants(region):
+    """Attack: open a new incident under a closed incident's id, so that its old
+    traffic (which names the id) seems to belong to the new participants."""
+    (incident,) = _storm(region).values()
+    closed = {incident.id: closed_by(incident, NOW - 1)}
+    reopen = build_as(
+        region,
+        region.identities["polisen-stockholm"],
+        to=("huddinge",),
+        message_type=MessageType.ACTIVATION,
+        incident=incident.id,
+        control=Control(incident_type="storm"),
+    )
+    assert decide_at(reopen, region, incidents=closed).reason is Reason.INCIDENT_CLOSED
+
+
+def test_exercise_traffic_cannot_reach_an_actual_incident_and_back(region):
+    """Attack (or mistake): an exercise message slipped into a real incident, or a real
+    message into an exercise, where the recipients would act on it differently."""
+    for incident_status, message_status in (
+        (Status.ACTUAL, Status.EXERCISE),
+        (Status.EXERCISE, Status.ACTUAL),
+        (Status.ACTUAL, Status.TEST),
+    ):
+        raw = build_as(
+            region,
+            region.identities["nacka"],
+            to=("polisen-stockholm",),
+            incident="storm-2026",
+            status=message_status,
+        )
+        decision = decide_at(raw, region, incidents=_storm(region, incident_status))
+        assert decision.reason is Reason.INCIDENT_STATUS_MISMATCH
+
+
+def test_a_mode_change_needs_its_mode_in_the_signed_header(region):
+    """Attack: a mode change whose mode is only in the (encrypted) payload, where the
+    broker cannot see it; or with the mode set but smuggling an incident type."""
+    authority = region.identities["lansstyrelsen-stockholm"]
+    for control in (None, Control(), Control(mode=Mode.ACTIVATED, incident_type="storm")):
+        raw = build_as(
+            region,
+            authority,
+            message_type=MessageType.MODE_CHANGE,
+            control=control,
+            payload=b'{"mode": "heightened_alert"}',
+        )
+        assert decide_at(raw, region).reason is Reason.CONTROL_INVALID
 
 
 # --- forwards -----------------------------------------------------------------------------

@@ -18,7 +18,9 @@ import pytest
 from broker.core import (
     Accept,
     ActorStatus,
+    Control,
     Identity,
+    Incident,
     KeyRecord,
     Label,
     MessageType,
@@ -42,6 +44,7 @@ from broker.core import (
 from broker.core.crypto import seeded_random
 from broker.core.decision import ForwardOrigin
 from broker.core.envelope import KeyWraps, header_hash
+from broker.core.incidents import closed_by, opened_by
 from broker.core.limits import MAX_HEADER_BYTES
 from broker.core.policy import Limits
 from broker.demo import MUNICIPALITIES, DemoRegion
@@ -222,10 +225,15 @@ def _type_not_allowed(region, make_envelope):
     return Case(make_envelope(message_type=MessageType.MODE_CHANGE))
 
 
+NEW_INCIDENT = {"incident": "storm-2026", "control": Control(incident_type="storm")}
+
+
 @scenario(Reason.REGION_WIDE_NOT_ALLOWED)
 def _region_wide_not_allowed(region, make_envelope):
     to = MUNICIPALITIES[:10]
-    raw = make_envelope(sender="polisen-stockholm", to=to, message_type=MessageType.ACTIVATION)
+    raw = make_envelope(
+        sender="polisen-stockholm", to=to, message_type=MessageType.ACTIVATION, **NEW_INCIDENT
+    )
     return Case(raw)
 
 
@@ -239,6 +247,73 @@ situation_report = ["lansstyrelsen-stockholm"]
 def _required_recipient_missing(region, make_envelope):
     context = {"policy": load_policy(HEIGHTENED_POLICY), "mode": Mode.HEIGHTENED_ALERT}
     return Case(make_envelope(), context, recipients=("lansstyrelsen-stockholm",))
+
+
+# --- control fields and incidents -------------------------------------------------
+
+INCIDENT = "storm-2026"
+PARTICIPANTS = ("nacka", "polisen-stockholm", "sos-alarm", "stockholm")
+
+
+def storm(
+    make_envelope, *, status: Status = Status.ACTUAL, closed: int | None = None
+) -> dict[str, Incident]:
+    """The incident polisen-stockholm opened by activating nacka, sos-alarm and stockholm,
+    as the broker records it after accepting the activation."""
+    activation = make_envelope(
+        sender="polisen-stockholm",
+        to=("nacka", "sos-alarm", "stockholm"),
+        message_type=MessageType.ACTIVATION,
+        status=status,
+        **NEW_INCIDENT,
+    )
+    incident = opened_by(header_of(activation), None)
+    assert incident.participants == PARTICIPANTS
+    if closed is not None:
+        incident = closed_by(incident, closed)
+    return {INCIDENT: incident}
+
+
+@scenario(Reason.CONTROL_INVALID)
+def _control_invalid(region, make_envelope):
+    # A situation report carries no control fields: the broker would act on none of them.
+    return Case(make_envelope(control=Control(mode=Mode.ACTIVATED)))
+
+
+@scenario(Reason.INCIDENT_UNKNOWN)
+def _incident_unknown(region, make_envelope):
+    return Case(make_envelope(incident=INCIDENT), {"incidents": {}})
+
+
+@scenario(Reason.INCIDENT_CLOSED)
+def _incident_closed(region, make_envelope):
+    incidents = storm(make_envelope, closed=NOW - MINUTE)
+    return Case(make_envelope(incident=INCIDENT), {"incidents": incidents})
+
+
+@scenario(Reason.INCIDENT_OWNER_ONLY)
+def _incident_owner_only(region, make_envelope):
+    # stockholm may close incidents (role activator) and takes part, but does not own it.
+    raw = make_envelope(
+        sender="stockholm",
+        to=("polisen-stockholm",),
+        message_type=MessageType.INCIDENT_CLOSE,
+        incident=INCIDENT,
+    )
+    return Case(raw, {"incidents": storm(make_envelope)})
+
+
+@scenario(Reason.INCIDENT_STATUS_MISMATCH)
+def _incident_status_mismatch(region, make_envelope):
+    # An exercise incident: actual traffic must not mix into it.
+    incidents = storm(make_envelope, status=Status.EXERCISE)
+    return Case(make_envelope(incident=INCIDENT), {"incidents": incidents})
+
+
+@scenario(Reason.NOT_INCIDENT_PARTICIPANT)
+def _not_incident_participant(region, make_envelope):
+    raw = make_envelope(to=("huddinge", "sos-alarm", "stockholm"), incident=INCIDENT)
+    return Case(raw, {"incidents": storm(make_envelope)}, recipients=("huddinge",))
 
 
 # --- recipients ------------------------------------------------------------------
@@ -672,6 +747,26 @@ def test_sender_at_its_own_clearance_is_allowed(region, make_envelope):
     assert isinstance(decide_at(raw, region), Accept)
 
 
+STOCKHOLMS_INCIDENT = {
+    "vatten-2026": Incident(
+        id="vatten-2026",
+        type="water-supply",
+        owner="stockholm",
+        label=sekretess(),
+        status=Status.ACTUAL,
+        participants=("sos-alarm", "stockholm"),
+        opened=NOW - HOUR,
+    )
+}
+NEEDS: dict[MessageType, dict[str, Any]] = {
+    MessageType.MODE_CHANGE: {"control": Control(mode=Mode.ACTIVATED)},
+    MessageType.ACTIVATION: NEW_INCIDENT,
+    MessageType.INCIDENT_CLOSE: {"incident": "vatten-2026"},
+    MessageType.RELABEL: {},
+    MessageType.ALERT: {},
+}
+
+
 @pytest.mark.parametrize(
     ("sender", "message_type", "accepted"),
     [
@@ -687,8 +782,11 @@ def test_sender_at_its_own_clearance_is_allowed(region, make_envelope):
     ],
 )
 def test_type_rights(sender, message_type, accepted, region, make_envelope):
-    raw = make_envelope(sender=sender, to=("sos-alarm",), message_type=message_type)
-    decision = decide_at(raw, region)
+    """Each type with the control fields it needs, so only the sender's rights decide."""
+    raw = make_envelope(
+        sender=sender, to=("sos-alarm",), message_type=message_type, **NEEDS[message_type]
+    )
+    decision = decide_at(raw, region, incidents=STOCKHOLMS_INCIDENT)
     if accepted:
         assert isinstance(decision, Accept), decision
     else:
@@ -719,7 +817,10 @@ def test_mode_overlay_rights(region, make_envelope):
 )
 def test_region_wide_activation(sender, count, accepted, region, make_envelope):
     raw = make_envelope(
-        sender=sender, to=MUNICIPALITIES[:count], message_type=MessageType.ACTIVATION
+        sender=sender,
+        to=MUNICIPALITIES[:count],
+        message_type=MessageType.ACTIVATION,
+        **NEW_INCIDENT,
     )
     decision = decide_at(raw, region)
     if accepted:
@@ -749,6 +850,93 @@ def test_required_recipients_only_in_their_mode_and_type(region, make_envelope):
     assert isinstance(
         decide_at(included, region, policy=policy, mode=Mode.HEIGHTENED_ALERT), Accept
     )
+
+
+# --- control fields and incident checks: variants and order ----------------------
+
+CONTROL_INVALID = {
+    "mode-change-without-control": ("lansstyrelsen-stockholm", MessageType.MODE_CHANGE, {}),
+    "mode-change-without-mode": (
+        "lansstyrelsen-stockholm", MessageType.MODE_CHANGE, {"control": Control()}
+    ),
+    "mode-change-with-incident-type": (
+        "lansstyrelsen-stockholm",
+        MessageType.MODE_CHANGE,
+        {"control": Control(mode=Mode.ACTIVATED, incident_type="storm")},
+    ),
+    "activation-without-control": (
+        "polisen-stockholm", MessageType.ACTIVATION, {"incident": INCIDENT}
+    ),
+    "activation-with-a-mode": (
+        "polisen-stockholm",
+        MessageType.ACTIVATION,
+        {"incident": INCIDENT, "control": Control(mode=Mode.ACTIVATED, incident_type="storm")},
+    ),
+    "activation-without-incident": (
+        "polisen-stockholm", MessageType.ACTIVATION, {"control": Control(incident_type="storm")}
+    ),
+    "new-incident-without-type": (
+        "polisen-stockholm",
+        MessageType.ACTIVATION,
+        {"incident": "ny-handelse", "control": Control()},  # not among the known incidents
+    ),
+    "incident-close-without-incident": ("stockholm", MessageType.INCIDENT_CLOSE, {}),
+    "incident-close-with-control": (
+        "stockholm", MessageType.INCIDENT_CLOSE, {"incident": INCIDENT, "control": Control()}
+    ),
+    "relabel-with-control": (
+        "lansstyrelsen-stockholm", MessageType.RELABEL, {"control": Control(mode=Mode.ORDINARY)}
+    ),
+    "alert-with-empty-control": ("nacka", MessageType.ALERT, {"control": Control()}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sender", "message_type", "fields"), CONTROL_INVALID.values(), ids=CONTROL_INVALID.keys()
+)
+def test_control_fields_must_fit_the_type(sender, message_type, fields, region, make_envelope):
+    raw = make_envelope(sender=sender, to=("sos-alarm",), message_type=message_type, **fields)
+    decision = decide_at(raw, region, incidents=storm(make_envelope))
+    assert isinstance(decision, Reject)
+    assert (decision.reason, decision.recipients) == (Reason.CONTROL_INVALID, ())
+    assert (decision.message_id, decision.sender) == (header_of(raw).id, sender)
+
+
+def test_rights_are_checked_before_control_fields(region, make_envelope):
+    raw = make_envelope(message_type=MessageType.MODE_CHANGE)  # nacka, and no control
+    assert decide_at(raw, region).reason is Reason.TYPE_NOT_ALLOWED
+
+
+def test_region_wide_is_checked_before_control_fields(region, make_envelope):
+    raw = make_envelope(
+        sender="polisen-stockholm", to=MUNICIPALITIES[:10], message_type=MessageType.ACTIVATION
+    )
+    assert decide_at(raw, region).reason is Reason.REGION_WIDE_NOT_ALLOWED
+
+
+def test_required_recipients_are_checked_before_the_incident(region, make_envelope):
+    policy = load_policy(HEIGHTENED_POLICY)
+    raw = make_envelope(incident="okand-handelse")
+    decision = decide_at(raw, region, policy=policy, mode=Mode.HEIGHTENED_ALERT)
+    assert decision.reason is Reason.REQUIRED_RECIPIENT_MISSING
+
+
+def test_control_fields_are_checked_before_the_incident(region, make_envelope):
+    raw = make_envelope(incident="okand-handelse", control=Control(mode=Mode.ACTIVATED))
+    assert decide_at(raw, region).reason is Reason.CONTROL_INVALID
+
+
+def test_the_incident_is_checked_before_each_recipient(region, make_envelope):
+    """stockholms-hamnar is both outside the incident and not cleared for the label:
+    the incident rule names it first."""
+    raw = make_envelope(to=("sos-alarm", "stockholms-hamnar"), incident=INCIDENT)
+    decision = decide_at(raw, region, incidents=storm(make_envelope))
+    assert (decision.reason, decision.recipients) == (
+        Reason.NOT_INCIDENT_PARTICIPANT,
+        ("stockholms-hamnar",),
+    )
+    plain = make_envelope(to=("sos-alarm", "stockholms-hamnar"))
+    assert decide_at(plain, region).reason is Reason.RECIPIENT_NOT_CLEARED
 
 
 # --- recipient variants ----------------------------------------------------------

@@ -94,7 +94,12 @@ def test_byte_layout() -> None:
 
 
 def test_kind_codes_and_section_counts() -> None:
-    assert [(k.value, k.sections) for k in Kind] == [(b"E", 3), (b"R", 1), (b"D", 1)]
+    assert [(k.value, k.sections) for k in Kind] == [
+        (b"E", 3),
+        (b"R", 1),
+        (b"D", 1),
+        (b"N", 1),
+    ]
 
 
 def test_encoding_is_deterministic() -> None:
@@ -103,7 +108,12 @@ def test_encoding_is_deterministic() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "sections"),
-    [(Kind.ENVELOPE, (b"a",)), (Kind.RECEIPT, ()), (Kind.DIRECTORY, (b"a", b"b"))],
+    [
+        (Kind.ENVELOPE, (b"a",)),
+        (Kind.RECEIPT, ()),
+        (Kind.DIRECTORY, (b"a", b"b")),
+        (Kind.NOTICE, (b"a", b"b")),
+    ],
 )
 def test_encode_refuses_wrong_section_count(kind: Kind, sections: tuple[bytes, ...]) -> None:
     with pytest.raises(ValueError, match=f"{kind.sections} sections"):
@@ -174,7 +184,13 @@ def test_version_is_checked_on_a_real_frame() -> None:
 
 @pytest.mark.parametrize(
     ("data_kind", "expected"),
-    [(Kind.RECEIPT, Kind.DIRECTORY), (Kind.DIRECTORY, Kind.RECEIPT), (Kind.ENVELOPE, Kind.RECEIPT)],
+    [
+        (Kind.RECEIPT, Kind.DIRECTORY),
+        (Kind.DIRECTORY, Kind.RECEIPT),
+        (Kind.ENVELOPE, Kind.RECEIPT),
+        (Kind.NOTICE, Kind.RECEIPT),
+        (Kind.RECEIPT, Kind.NOTICE),
+    ],
 )
 def test_wrong_kind(data_kind: Kind, expected: Kind) -> None:
     data = encode(data_kind, SIGNER, SECTIONS[data_kind])

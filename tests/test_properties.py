@@ -25,6 +25,7 @@ from broker.core import (
     Label,
     Ladder,
     MessageType,
+    Mode,
     OpenError,
     Priority,
     Reason,
@@ -105,7 +106,8 @@ def region(region):
 
 @pytest.fixture(scope="module")
 def sample(region) -> bytes:
-    """One valid envelope from nacka to polisen-stockholm, sos-alarm and stockholm."""
+    """One valid envelope from nacka to polisen-stockholm, sos-alarm and stockholm, naming
+    no incident (one that names an incident needs the broker's incident state)."""
     return build_envelope(
         sender=region.identities["nacka"],
         recipients=recipient_keys(region.directory, DEFAULT_TO),
@@ -114,7 +116,6 @@ def sample(region) -> bytes:
         payload=b"Storm warning for the archipelago",
         created=NOW,
         expires=NOW + HOUR,
-        incident="storm-2026",
         rand=crypto.seeded_random(b"properties-sample"),
     )
 
@@ -273,6 +274,14 @@ def _add_reference(doc, data):
     }]  # fmt: skip
 
 
+def _control(doc, data):
+    """Add control fields (the sample has none), as if to make it a mode change or an
+    activation the broker would act on."""
+    mode = data.draw(st.sampled_from([None, *(m.value for m in Mode)]))
+    incident_type = data.draw(st.sampled_from([None, "storm", "power-outage"]))
+    doc["control"] = {"mode": mode, "incident_type": incident_type}
+
+
 HEADER_EDITS: dict[str, HeaderEdit] = {
     "label.classification": _label_field("classification", ["OFFENTLIG", "INTERN", "SEKRETESS"]),
     "label.tlp": _label_field("tlp", [t.value for t in Tlp]),
@@ -291,6 +300,7 @@ HEADER_EDITS: dict[str, HeaderEdit] = {
     "priority": _replace("priority", [p.value for p in Priority]),
     "status": _replace("status", [s.value for s in Status]),
     "content_type": _replace("content_type", ["application/octet-stream", "text/plain"]),
+    "control": _control,
     "v": _replace("v", [0, 2]),
 }
 

@@ -3,7 +3,7 @@
 It imports nothing from ``broker``: only the standard library and raw
 libsodium through ``nacl.bindings``. It verifies the directory chain, builds
 the valid envelope byte for byte, decides and opens envelopes, and verifies
-receipts, all against the published vectors. Where it agrees with the
+receipts and broker notices, all against the published vectors. Where it agrees with the
 reference implementation, the written specification is precise enough to
 build from. Section numbers (§) refer to PROTOCOL.md.
 """
@@ -36,12 +36,15 @@ RECIPIENT_CODES += ("recipient_not_cleared", "recipient_lacks_category")
 
 # Member names of each document (§5): every member present, no others.
 HEADER = {"v", "id", "type", "sender", "sender_key", "recipients", "label", "status"}
-HEADER |= {"priority", "created", "expires", "incident", "references", "content_type"}
+HEADER |= {"priority", "created", "expires", "incident", "references", "content_type", "control"}
+CONTROL = {"mode", "incident_type"}
 LABEL = {"policy", "classification", "tlp", "categories", "legal"}
 WRAP = {"recipient", "key_id", "sealed"}
 RECEIPT = {"v", "kind", "message", "header_hash", "sender", "recipient", "signer_key", "at", "note"}
 DIRECTORY = {"v", "region", "version", "previous", "issued", "authority_keys", "actors"}
-DIRECTORY |= {"groups", "officers"}
+DIRECTORY |= {"groups", "officers", "brokers"}
+NOTICE = {"v", "kind", "broker", "signer_key", "to", "message", "header_hash", "submission"}
+NOTICE |= {"reason", "recipients", "at", "detail"}
 KEY = {"key_id", "public", "not_before", "not_after", "revoked_at"}
 
 
@@ -186,7 +189,7 @@ def seal(message: bytes, public: bytes, ephemeral: bytes) -> bytes:
     return epk + sodium.crypto_box_easy(message, nonce, public, ephemeral)
 
 
-# §6 keys, §13 directory -----------------------------------------------------------------------
+# §6 keys, §15 directory -----------------------------------------------------------------------
 
 
 def usable(key: dict[str, Any], at: int) -> bool:
@@ -223,7 +226,7 @@ def verify_directory(data: bytes, pinned: bytes, previous: dict | None = None) -
     require(frame.verifies(trusted[frame.signer]), "directory_bad_signature")
     doc = parse(frame.sections[0], DIRECTORY, "directory_malformed")
     records = [*doc["authority_keys"]]
-    for entry in doc["actors"] + doc["officers"]:
+    for entry in doc["actors"] + doc["officers"] + doc["brokers"]:
         records += entry["signing_keys"] + entry.get("encryption_keys", [])
     for record in records:
         require(set(record) == KEY, "directory_malformed")
@@ -241,8 +244,10 @@ def verify_directory(data: bytes, pinned: bytes, previous: dict | None = None) -
         require(doc["issued"] >= before["issued"], "directory_chain_broken")
         authority = next(k for k in before["authority_keys"] if k["key_id"] == signer)
         require(usable(authority, doc["issued"]), "directory_unknown_signer")
-    signers = {k["key_id"]: (a["id"], False, k) for a in doc["actors"] for k in a["signing_keys"]}
-    signers |= {k["key_id"]: (o["id"], True, k) for o in doc["officers"] for k in o["signing_keys"]}
+    signers = {}  # key id -> (owner, "actor" | "officer" | "broker", key record)
+    for kind in ("actor", "officer", "broker"):
+        for owner in doc[kind + "s"]:
+            signers |= {k["key_id"]: (owner["id"], kind, k) for k in owner["signing_keys"]}
     actors = {a["id"]: a for a in doc["actors"]}
     hash_ = hashlib.sha256(data).hexdigest()
     return {"doc": doc, "hash": hash_, "raw": data, "signers": signers, "actors": actors}
@@ -268,13 +273,15 @@ def read_envelope(data: bytes, directory: dict[str, Any]) -> Envelope:
         passed = exc.code in {"too_large", "unsupported_version"}
         raise Refused(exc.code if passed else "malformed") from exc
     entry = directory["signers"].get(frame.signer.hex())
-    require(entry is not None and not entry[1], "unknown_sender_key")
+    require(entry is not None and entry[1] == "actor", "unknown_sender_key")
     principal, _, key = entry
     require(frame.verifies(unb64(key["public"])), "bad_signature")
     header_bytes, wraps_bytes, ciphertext = frame.sections
     header = parse(header_bytes, HEADER, "malformed")
     wraps = parse(wraps_bytes, {"wraps"}, "malformed")["wraps"]
     require(set(header["label"]) == LABEL and header["expires"] > header["created"], "malformed")
+    control = header["control"]
+    require(control is None or (isinstance(control, dict) and set(control) == CONTROL), "malformed")
     recipients = header["recipients"]
     require(recipients == sorted(set(recipients)) and len(recipients) >= 1, "malformed")
     require(all(set(w) == WRAP and len(w["sealed"]) == 108 for w in wraps), "malformed")
@@ -324,6 +331,18 @@ def decide(data: bytes, directory: dict[str, Any], now: int, seen: set[str]) -> 
     region_wide = header["type"] == "activation" and len(header["recipients"]) >= 10
     require(not region_wide or "authority" in roles, "region_wide_not_allowed")
     # The default policy has no mode overlays, so no recipient is required (check 23).
+    kind, control, incident = header["type"], header["control"], header["incident"]
+    if kind == "mode_change":
+        fits = control is not None and control["mode"] is not None
+        fits = fits and control["incident_type"] is None
+    elif kind == "activation":
+        fits = control is not None and control["mode"] is None and incident is not None
+    else:
+        fits = control is None and (kind != "incident_close" or incident is not None)
+    require(fits, "control_invalid")
+    if incident is not None:  # this implementation knows no incidents: every one is new
+        require(kind == "activation", "incident_unknown")
+        require(control["incident_type"] is not None, "control_invalid")
     problems: dict[str, list[str]] = {}
     for wrap in env.wraps:
         code = recipient_problem(wrap, directory, label, now)
@@ -363,7 +382,7 @@ def open_envelope(data: bytes, directory: dict, me: str, secret: bytes, now: int
         raise Refused("invalid") from exc
 
 
-# §12 receipts ---------------------------------------------------------------------------------
+# §13 receipts ---------------------------------------------------------------------------------
 
 
 def verify_receipt(data: bytes, directory: dict[str, Any]) -> dict[str, Any]:
@@ -372,7 +391,7 @@ def verify_receipt(data: bytes, directory: dict[str, Any]) -> dict[str, Any]:
     except Refused as exc:
         raise Refused("receipt_malformed") from exc
     entry = directory["signers"].get(frame.signer.hex())
-    require(entry is not None and not entry[1], "receipt_unknown_signer")
+    require(entry is not None and entry[1] == "actor", "receipt_unknown_signer")
     principal, _, key = entry
     require(frame.verifies(unb64(key["public"])), "receipt_bad_signature")
     body = parse(frame.sections[0], RECEIPT, "receipt_malformed")
@@ -382,10 +401,33 @@ def verify_receipt(data: bytes, directory: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+# §14 notices ----------------------------------------------------------------------------------
+
+
+def verify_notice(data: bytes, directory: dict[str, Any], now: int) -> dict[str, Any]:
+    try:
+        frame = decode_frame(data, b"N", 16384 + 128, (16384,))
+    except Refused as exc:
+        raise Refused("notice_malformed") from exc
+    entry = directory["signers"].get(frame.signer.hex())
+    require(entry is not None and entry[1] == "broker", "notice_unknown_signer")
+    principal, _, key = entry
+    require(frame.verifies(unb64(key["public"])), "notice_bad_signature")
+    body = parse(frame.sections[0], NOTICE, "notice_malformed")
+    require(body["kind"] in {"accepted", "rejected", "escalation"}, "notice_malformed")
+    require(len(body["detail"]) <= 500 and len(body["recipients"]) <= 200, "notice_malformed")
+    signer_ok = body["broker"] == principal and body["signer_key"] == frame.signer.hex()
+    require(signer_ok, "notice_unknown_signer")
+    revoked = key["revoked_at"] is not None and now >= key["revoked_at"]
+    require(not revoked and usable(key, body["at"]), "notice_key_invalid")
+    return body
+
+
 # The tests ------------------------------------------------------------------------------------
 
 ENVELOPE, INVALID = load("envelope-valid.json"), load("envelope-invalid.json")
 RECEIPT_VECTOR, CHAIN = load("receipt.json"), load("directory-chain.json")
+NOTICE_VECTOR = load("notice.json")
 PINNED = bytes.fromhex(CHAIN["authority_public"])
 
 
@@ -442,11 +484,11 @@ def test_valid_envelope_is_accepted_and_opens(recipient):
 def test_building_reproduces_the_valid_envelope_byte_for_byte():
     """Appendix A's random stream and §7's procedure give exactly the published envelope."""
     seed, stream = b"ssr-test-vectors-v1", b""
-    while len(stream) < 584:
+    while len(stream) < 616:
         stream += hashlib.sha256(seed + (len(stream) // 32).to_bytes(8, "big")).digest()
     expected = ENVELOPE["expected"]
-    header_bytes = dumps(dict(expected["header"], id=stream[416:432].hex()))
-    content_key, nonce = stream[432:464], stream[464:488]
+    header_bytes = dumps(dict(expected["header"], id=stream[448:464].hex()))
+    content_key, nonce = stream[464:496], stream[496:520]
     payload = bytes.fromhex(expected["plaintext_hex"])
     ad = hashlib.sha256(header_bytes).digest()
     ciphertext = nonce + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
@@ -455,7 +497,7 @@ def test_building_reproduces_the_valid_envelope_byte_for_byte():
     wraps = []
     for i, recipient in enumerate(sorted(ENVELOPE["recipients"], key=lambda r: r["actor"])):
         public = bytes.fromhex(recipient["encryption_public"])
-        sealed = seal(content_key, public, stream[488 + 32 * i : 520 + 32 * i])
+        sealed = seal(content_key, public, stream[520 + 32 * i : 552 + 32 * i])
         wraps.append(
             {
                 "recipient": recipient["actor"],
@@ -517,3 +559,44 @@ def test_receipt_verifies_and_is_bound_to_its_envelope():
     tampered[40] ^= 0x01  # inside the body: the signature no longer verifies
     with pytest.raises(Refused, match="receipt_bad_signature"):
         verify_receipt(bytes(tampered), directory)
+
+
+def test_notice_verifies_and_names_the_refused_envelope():
+    directory = directory_of(NOTICE_VECTOR)
+    raw, now = bytes.fromhex(NOTICE_VECTOR["notice"]), NOTICE_VECTOR["now"]
+    body = verify_notice(raw, directory, now)
+    assert body == NOTICE_VECTOR["expected"]["body"]
+    assert dumps(body) == NOTICE_VECTOR["expected"]["body_bytes"].encode()
+    assert dumps(body) == decode_frame(raw, b"N", 16512, (16384,)).sections[0]
+    broker = NOTICE_VECTOR["broker"]
+    assert key_id(bytes.fromhex(broker["signing_public"])).hex() == broker["signing_key_id"]
+    assert (body["broker"], body["signer_key"]) == (broker["id"], broker["signing_key_id"])
+    # The notice names what the broker refused: this implementation refuses it the same way.
+    submitted = bytes.fromhex(NOTICE_VECTOR["envelope"])
+    assert body["submission"] == hashlib.sha256(submitted).hexdigest()
+    with pytest.raises(Refused) as caught:
+        decide(submitted, directory, body["at"], seen=set())
+    assert (body["reason"], body["recipients"]) == (
+        caught.value.code,
+        list(caught.value.recipients),
+    )
+    env = read_envelope(submitted, directory)
+    assert (body["message"], body["to"]) == (env.header["id"], env.header["sender"])
+    assert body["header_hash"] == hashlib.sha256(env.header_bytes).hexdigest()
+
+
+@pytest.mark.parametrize("case", NOTICE_VECTOR["invalid"], ids=lambda c: c["name"])
+def test_invalid_notices_are_refused_with_their_reason(case):
+    directory = directory_of(NOTICE_VECTOR)
+    with pytest.raises(Refused) as caught:
+        verify_notice(bytes.fromhex(case["notice"]), directory, NOTICE_VECTOR["now"])
+    assert caught.value.code == case["reason"]
+
+
+def test_a_notice_is_no_envelope_and_an_envelope_no_notice():
+    """The kind byte keeps the objects apart, whoever signed them."""
+    directory = directory_of(NOTICE_VECTOR)
+    with pytest.raises(Refused, match="malformed"):
+        decide(bytes.fromhex(NOTICE_VECTOR["notice"]), directory, NOTICE_VECTOR["now"], set())
+    with pytest.raises(Refused, match="notice_malformed"):
+        verify_notice(bytes.fromhex(ENVELOPE["envelope"]), directory, NOTICE_VECTOR["now"])

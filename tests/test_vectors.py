@@ -13,6 +13,7 @@ from broker.core import (
     EncryptionKeyPair,
     Identity,
     Mode,
+    NoticeError,
     OpenError,
     Policy,
     Reject,
@@ -23,8 +24,10 @@ from broker.core import (
     read_envelope,
     verify_chain,
     verify_directory,
+    verify_notice,
     verify_receipt,
 )
+from broker.core.crypto import sha256
 from broker.vectors import build_vectors, render
 
 VECTORS = Path(__file__).resolve().parent.parent / "schemas" / "vectors"
@@ -119,6 +122,35 @@ def test_receipt_vector_verifies_and_matches_its_message():
     assert receipt.body.wire() == vector["expected"]["body"]
     envelope = read_envelope(bytes.fromhex(vector["envelope"]), directory)
     check_receipt_matches(receipt, envelope.header, envelope.header_hash)
+
+
+def test_notice_vector_verifies_and_names_the_refused_envelope():
+    vector = load("notice.json")
+    directory = directory_of(vector)
+    body = verify_notice(bytes.fromhex(vector["notice"]), directory, now=vector["now"])
+    assert body.wire() == vector["expected"]["body"]
+    assert body.to_bytes() == vector["expected"]["body_bytes"].encode()
+    assert body.broker == vector["broker"]["id"]
+    assert body.signer_key == vector["broker"]["signing_key_id"]
+    submitted = bytes.fromhex(vector["envelope"])
+    assert body.submission == sha256(submitted).hex()
+    decision = decide(
+        submitted, directory=directory, policy=Policy(), mode=Mode.ORDINARY, now=body.at, seen=()
+    )
+    assert isinstance(decision, Reject)
+    assert (body.reason, body.recipients, body.message, body.to) == (
+        decision.reason.value,
+        decision.recipients,
+        decision.message_id,
+        decision.sender,
+    )
+    envelope = read_envelope(submitted, directory)
+    assert body.header_hash == envelope.header_hash
+    assert len(vector["invalid"]) >= 4
+    for case in vector["invalid"]:
+        with pytest.raises(NoticeError) as caught:
+            verify_notice(bytes.fromhex(case["notice"]), directory, now=vector["now"])
+        assert caught.value.code == case["reason"], case["name"]
 
 
 def test_directory_chain_vector():

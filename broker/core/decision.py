@@ -7,6 +7,7 @@ that does not names its :class:`Reason`. The checks, in order:
     size  ->  frame and signature  ->  sender and key validity  ->  times
     ->  replay  ->  recipient count  ->  label vs policy, ceiling, sender
     ->  message-type rights  ->  mode's required recipients
+    ->  control fields fit the type  ->  incident (known, open, owner, participants, status)
     ->  each recipient (known, active, key, clearance, categories)
     ->  forward rules (TLP, label never lowered)
 

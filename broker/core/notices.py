@@ -82,21 +82,33 @@ def make_notice(
     recipients: tuple[str, ...] = (),
     detail: str = "",
 ) -> bytes:
-    """Sign a notice for ``to`` about ``submission`` (the exact bytes it submitted)."""
-    body = NoticeBody(
-        kind=kind,
-        broker=me.broker,
-        signer_key=me.signing.key_id,
-        to=to,
-        message=message,
-        header_hash=header_hash,
-        submission=crypto.sha256(submission).hex(),
-        reason=reason,
-        recipients=recipients,
-        at=at,
-        detail=detail[:500],
-    )
-    return frame.encode(frame.Kind.NOTICE, me.signing, (body.to_bytes(),))
+    """Sign a notice for ``to`` about ``submission`` (the exact bytes it submitted).
+
+    ``detail`` is cut to 500 characters. Raises :class:`NoticeError` (``notice_malformed``)
+    if the body is invalid or its canonical bytes exceed the bound every verifier enforces.
+    """
+    try:
+        body = NoticeBody(
+            kind=kind,
+            broker=me.broker,
+            signer_key=me.signing.key_id,
+            to=to,
+            message=message,
+            header_hash=header_hash,
+            submission=crypto.sha256(submission).hex(),
+            reason=reason,
+            recipients=recipients,
+            at=at,
+            detail=detail[:500],
+        )
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        raise NoticeError(f"cannot build notice: {exc}", code="notice_malformed") from exc
+    data = body.to_bytes()
+    if len(data) > MAX_NOTICE_BYTES:
+        raise NoticeError(
+            f"notice body of {len(data)} bytes exceeds {MAX_NOTICE_BYTES}", code="notice_malformed"
+        )
+    return frame.encode(frame.Kind.NOTICE, me.signing, (data,))
 
 
 def verify_notice(data: bytes, directory: VerifiedDirectory, *, now: int) -> NoticeBody:

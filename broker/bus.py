@@ -1,0 +1,332 @@
+"""The one boundary between the broker and NATS JetStream.
+
+Everything the service does with NATS goes through :class:`JetStreamBus`:
+connect (with failover across URLs), create or verify the streams and KV
+buckets, publish with a dedupe id, read and write KV entries, fetch
+submissions. nats-py exceptions are mapped here, and only here, to
+:class:`broker.errors.NatsUnavailable` (transport) or to :class:`KvConflict`
+(a compare-and-set lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+
+from . import subjects
+from .config import BrokerConfig, StreamSettings
+from .errors import BrokerError, NatsUnavailable
+
+log = logging.getLogger("ssr.bus")
+
+_TRANSPORT_ERRORS = (
+    nats.errors.Error,
+    nats.js.errors.Error,
+    asyncio.TimeoutError,
+    OSError,
+)
+
+
+T = TypeVar("T")
+
+
+class _Drops:
+    """Wakes the requests in flight when the connection drops.
+
+    nats-py keeps waiting for the reply to a request sent before a disconnect until its
+    timeout, although that reply died with the old connection: every publish and KV call
+    in flight during a NATS restart would stall its caller for the full 10 s.
+    """
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def dropped(self) -> None:
+        self.event.set()
+        self.event = asyncio.Event()
+
+
+class KvConflict(BrokerError):
+    """A KV create or compare-and-set found another value; re-read and decide again."""
+
+    code = "kv_conflict"
+
+
+@dataclass(frozen=True)
+class KvEntry:
+    value: bytes
+    revision: int
+
+
+class JetStreamBus:
+    """A connected NATS client with the broker's streams and buckets."""
+
+    def __init__(self, nc: NatsClient, js: JetStreamContext, drops: _Drops | None = None) -> None:
+        self.nc = nc
+        self.js = js
+        self._kv: dict[str, KeyValue] = {}
+        self._drops = drops or _Drops()
+
+    @classmethod
+    async def connect(
+        cls,
+        urls: tuple[str, ...],
+        *,
+        config: BrokerConfig | None = None,
+        name: str = "ssr-broker",
+        on_state: Callable[[str], Awaitable[None]] | None = None,
+        connect_timeout: float = 5.0,
+        startup_timeout: float = 15.0,
+    ) -> JetStreamBus:
+        """Connect, trying the URLs for at most ``startup_timeout`` seconds in all.
+
+        Once connected, reconnects are unbounded: a running broker waits out any outage.
+        """
+        options: dict[str, Any] = {
+            "servers": list(urls),
+            "name": name,
+            "connect_timeout": connect_timeout,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "allow_reconnect": True,
+        }
+        if config is not None and config.nats_creds is not None:
+            options["user_credentials"] = str(config.nats_creds)
+        if config is not None and config.nats_tls_ca is not None:
+            options["tls"] = ssl.create_default_context(cafile=str(config.nats_tls_ca))
+        drops = _Drops()
+
+        async def disconnected() -> None:
+            drops.dropped()
+            if on_state is not None:
+                await on_state("disconnected")
+
+        options.update(disconnected_cb=disconnected)
+        if on_state is not None:
+
+            async def reconnected() -> None:
+                await on_state("reconnected")
+
+            async def error(exc: Exception) -> None:
+                log.warning("nats: %s", exc)
+
+            options.update(reconnected_cb=reconnected, error_cb=error)
+        # With unbounded reconnects nats-py also retries a first connection forever: a broker
+        # that cannot reach NATS at start would hang silently instead of saying so.
+        nc = NatsClient()
+        try:
+            await asyncio.wait_for(nc.connect(**options), startup_timeout)
+        except _TRANSPORT_ERRORS as exc:
+            last = nc.last_error or exc
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 2.0)
+            raise NatsUnavailable(
+                f"cannot connect to NATS at {', '.join(urls)} within {startup_timeout:g} s: "
+                f"{str(last) or type(last).__name__}"
+            ) from exc
+        return cls(nc, nc.jetstream(timeout=10.0), drops)
+
+    async def _request(self, op: Awaitable[T]) -> T:
+        """Await one request, abandoned with ``NatsUnavailable`` if the connection drops first.
+
+        Callers retry abandoned work; every write the broker makes is idempotent (dedupe ids,
+        create-or-compare-and-set), so a request that did reach the server is harmless.
+        """
+        task = asyncio.ensure_future(op)
+        dropped = asyncio.ensure_future(self._drops.event.wait())
+        try:
+            await asyncio.wait((task, dropped), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            dropped.cancel()
+        if not task.done():
+            task.cancel()
+            raise NatsUnavailable("the NATS connection dropped during a request")
+        return task.result()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    async def close(self) -> None:
+        if self.nc.is_closed:
+            return
+        # Everything the broker publishes is already acknowledged by JetStream, so there is
+        # nothing to drain; draining pull subscriptions can stall until its timeout.
+        with contextlib.suppress(*_TRANSPORT_ERRORS):
+            await self.nc.flush(timeout=2)
+        await self.nc.close()
+
+    # --- layout -------------------------------------------------------------------------
+
+    async def ensure_layout(self, settings: StreamSettings) -> None:
+        """Create or update the streams and buckets; idempotent, safe with many brokers."""
+        streams = [
+            api.StreamConfig(
+                name=subjects.SUBMIT_STREAM,
+                subjects=[subjects.SUBMIT_WILDCARD],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                storage=api.StorageType.FILE,
+                num_replicas=settings.replicas,
+                max_msg_size=settings.max_msg_bytes,
+                duplicate_window=settings.duplicate_window_s,
+                max_age=settings.deliver_max_age_s,
+            ),
+            api.StreamConfig(
+                name=subjects.DELIVER_STREAM,
+                subjects=[subjects.DELIVER_WILDCARD],
+                retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType.FILE,
+                num_replicas=settings.replicas,
+                max_msg_size=settings.max_msg_bytes,
+                duplicate_window=settings.duplicate_window_s,
+                max_age=settings.deliver_max_age_s,
+            ),
+            api.StreamConfig(
+                name=subjects.AUDIT_STREAM,
+                subjects=[subjects.AUDIT_WILDCARD],
+                retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType.FILE,
+                num_replicas=settings.replicas,
+                duplicate_window=settings.duplicate_window_s,
+                max_age=settings.audit_max_age_s,
+                deny_delete=True,
+                deny_purge=True,
+            ),
+        ]
+        try:
+            for config in streams:
+                await self._ensure_stream(config)
+            for bucket, history, ttl in (
+                (subjects.DIRECTORY_BUCKET, 64, None),
+                (subjects.STATE_BUCKET, 16, None),
+                (subjects.MESSAGES_BUCKET, 1, settings.message_state_ttl_s),
+            ):
+                self._kv[bucket] = await self.js.create_key_value(
+                    api.KeyValueConfig(
+                        bucket=bucket,
+                        history=history,
+                        ttl=ttl,
+                        replicas=settings.replicas,
+                        storage=api.StorageType.FILE,
+                    )
+                )
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"cannot create streams: {exc}") from exc
+
+    async def _ensure_stream(self, config: api.StreamConfig) -> None:
+        assert config.name is not None
+        try:
+            await self.js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            await self.js.add_stream(config)
+            return
+        await self.js.update_stream(config)
+
+    # --- publish and consume --------------------------------------------------------------
+
+    async def publish(self, subject: str, data: bytes, *, msg_id: str) -> int:
+        """Publish with a JetStream dedupe id; returns the stream sequence."""
+        try:
+            ack = await self._request(
+                self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+            )
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"publish to {subject} failed: {exc}") from exc
+        return int(ack.seq)
+
+    async def submissions(self, config: BrokerConfig) -> JetStreamContext.PullSubscription:
+        consumer = api.ConsumerConfig(
+            durable_name=subjects.BROKER_CONSUMER,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=config.ack_wait_s,
+            max_deliver=config.max_deliver,
+            max_ack_pending=1024,
+        )
+        try:
+            return await self.js.pull_subscribe(
+                subjects.SUBMIT_WILDCARD,
+                durable=subjects.BROKER_CONSUMER,
+                stream=subjects.SUBMIT_STREAM,
+                config=consumer,
+            )
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"cannot subscribe to submissions: {exc}") from exc
+
+    @staticmethod
+    async def fetch(
+        sub: JetStreamContext.PullSubscription, batch: int, timeout: float
+    ) -> list[Msg]:
+        try:
+            return await sub.fetch(batch, timeout=timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"fetch failed: {exc}") from exc
+
+    async def pending(self) -> int:
+        try:
+            info = await self._request(
+                self.js.consumer_info(subjects.SUBMIT_STREAM, subjects.BROKER_CONSUMER)
+            )
+        except (*_TRANSPORT_ERRORS, NatsUnavailable):
+            return -1
+        return int(info.num_pending or 0)
+
+    # --- KV -----------------------------------------------------------------------------
+
+    async def kv_get(self, bucket: str, key: str) -> KvEntry | None:
+        try:
+            entry = await self._request(self._kv[bucket].get(key))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"kv get {bucket}/{key} failed: {exc}") from exc
+        if entry.value is None or entry.revision is None:
+            return None
+        return KvEntry(entry.value, entry.revision)
+
+    async def kv_create(self, bucket: str, key: str, value: bytes) -> int:
+        try:
+            return int(await self._request(self._kv[bucket].create(key, value)))
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise KvConflict(f"{bucket}/{key} exists") from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"kv create {bucket}/{key} failed: {exc}") from exc
+
+    async def kv_update(self, bucket: str, key: str, value: bytes, revision: int) -> int:
+        try:
+            return int(await self._request(self._kv[bucket].update(key, value, last=revision)))
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise KvConflict(f"{bucket}/{key} changed") from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"kv update {bucket}/{key} failed: {exc}") from exc
+
+    async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
+        try:
+            return int(await self._request(self._kv[bucket].put(key, value)))
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"kv put {bucket}/{key} failed: {exc}") from exc
+
+    async def kv_keys(self, bucket: str) -> list[str]:
+        try:
+            return list(await self._request(self._kv[bucket].keys()))
+        except nats.js.errors.NoKeysError:
+            return []
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"kv keys {bucket} failed: {exc}") from exc

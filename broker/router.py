@@ -1,0 +1,578 @@
+"""Routing of one submission: the thin async shell around the pure decision.
+
+For an envelope: decide -> claim the message id in KV (replay guard shared by
+every broker process) -> fan out one delivery per recipient with the dedupe id
+``d.<message>.<recipient>`` -> apply control effects (mode, incidents) ->
+signed ``accepted`` notice -> audit event; or a signed ``rejected`` notice and
+an audit event. The submission is acknowledged only after all of that, so a
+crash at any point leads to a redelivery that repeats the same idempotent
+publishes (JetStream drops the duplicates inside its window; clients drop ids
+they have seen after it).
+
+For a receipt: verify, match it to the message record, record it (compare and
+set), forward it to the original sender. For a directory version: verify it
+against the pinned authority key and the current version, then publish it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from broker.core import (
+    Accept,
+    CoreError,
+    DirectoryError,
+    ForwardOrigin,
+    Header,
+    Incident,
+    MessageType,
+    Mode,
+    NoticeKind,
+    Policy,
+    Reason,
+    ReceiptError,
+    Reject,
+    VerifiedDirectory,
+    check_receipt_matches,
+    crypto,
+    decide,
+    make_notice,
+    read_envelope,
+    verify_directory,
+    verify_receipt,
+)
+from broker.core.incidents import closed_by, opened_by
+from broker.core.limits import MAX_HEADER_BYTES
+from broker.core.notices import BrokerIdentity
+
+from . import subjects
+from .audit import AuditKind, audit_event
+from .bus import JetStreamBus, KvConflict
+from .metrics import BrokerMetrics, status_label
+
+log = logging.getLogger("ssr.router")
+CAS_RETRIES = 8
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class MessageRecord(BaseModel):
+    """What the broker keeps per accepted message (never content)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    header: str  # the exact signed header bytes, as UTF-8 text
+    header_hash: str
+    submitted_by: str
+    accepted: int
+    deadline: int
+    receipts: dict[str, dict[str, int]] = {}  # recipient -> receipt kind -> at
+    escalated: bool = False
+
+    def parsed_header(self) -> Header:
+        return Header.parse(self.header.encode(), max_bytes=MAX_HEADER_BYTES)
+
+    def unconfirmed(self) -> tuple[str, ...]:
+        recipients = self.parsed_header().recipients
+        return tuple(r for r in recipients if "delivered" not in self.receipts.get(r, {}))
+
+
+@dataclass
+class BrokerState:
+    """What routing reads; the service keeps it current from the KV watchers."""
+
+    directory: VerifiedDirectory
+    policy: Policy
+    pinned_authority: bytes
+    mode: Mode = Mode.ORDINARY
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    changes: int = 0  # bumped on every change the router makes (see Service.refresh_state)
+
+
+class Router:
+    def __init__(
+        self,
+        *,
+        bus: JetStreamBus,
+        state: BrokerState,
+        identity: BrokerIdentity,
+        metrics: BrokerMetrics,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.bus = bus
+        self.state = state
+        self.identity = identity
+        self.metrics = metrics
+        self.clock = clock
+
+    # --- entry ------------------------------------------------------------------------
+
+    async def route(self, subject: str, data: bytes, *, redelivered: bool) -> None:
+        """Handle one submission completely; raises only NatsUnavailable (retry later)."""
+        actor = subjects.actor_of_submit(subject)
+        if actor is None:  # the stream only binds ssr.submit.*, so this is not reachable
+            log.warning("submission on unexpected subject %r dropped", subject)
+            return
+        kind = data[4:5] if data[:3] == b"SSR" and len(data) >= 5 else b""
+        if kind == b"R":
+            await self._receipt(actor, data)
+        elif kind == b"D":
+            await self._directory(actor, data)
+        else:
+            await self._envelope(actor, data, redelivered=redelivered)
+
+    # --- envelopes --------------------------------------------------------------------
+
+    def _decide(self, data: bytes, origin: ForwardOrigin | None) -> Accept | Reject:
+        state = self.state
+        started = time.perf_counter()
+        decision = decide(
+            data,
+            directory=state.directory,
+            policy=state.policy,
+            mode=state.mode,
+            now=self.clock(),
+            seen=(),
+            origin=origin,
+            incidents=state.incidents,
+        )
+        self.metrics.decision_seconds.observe(time.perf_counter() - started)
+        return decision
+
+    async def _envelope(self, actor: str, data: bytes, *, redelivered: bool) -> None:
+        started = time.perf_counter()
+        decision = self._decide(data, None)
+        if await self._incident_changed(data, decision):
+            decision = self._decide(data, None)
+        if isinstance(decision, Reject) and decision.reason is Reason.FORWARD_ORIGIN_UNKNOWN:
+            origin = await self._forward_origin(data)
+            if origin is not None:
+                decision = self._decide(data, origin)
+        if isinstance(decision, Accept) and decision.envelope.header.sender != actor:
+            decision = Reject(
+                Reason.SENDER_MISMATCH,
+                f"published on {actor}'s subject",
+                message_id=decision.message_id,
+                sender=decision.envelope.header.sender,
+            )
+        if isinstance(decision, Accept):
+            decision = await self._claim(actor, decision, redelivered=redelivered)
+        status = (
+            status_label(decision.status) if isinstance(decision, Accept) else self._status(data)
+        )
+        self.metrics.received.labels(status=status).inc()
+        if isinstance(decision, Reject):
+            await self._rejected(actor, data, decision, status)
+            return
+        await self._fan_out(decision)
+        await self._apply_control(decision)
+        header = decision.envelope.header
+        await self._notify(
+            actor,
+            data,
+            NoticeKind.ACCEPTED,
+            key=f"{header.id}.accepted",
+            message=header.id,
+            header_hash=decision.envelope.header_hash,
+            recipients=header.recipients,
+        )
+        await self._audit(
+            AuditKind.ACCEPTED,
+            key=header.id,
+            actor=actor,
+            message=header.id,
+            recipients=header.recipients,
+            status=header.status.value,
+            label=header.label.wire(),
+            priority=header.priority.value,
+            incident=header.incident,
+        )
+        self.metrics.accepted.labels(status=status).inc()
+        self.metrics.routing_seconds.observe(time.perf_counter() - started)
+
+    def _status(self, data: bytes) -> str:
+        """Status for metrics of a refused envelope: only when its header verifies."""
+        try:
+            return status_label(read_envelope(data, self.state.directory).header.status)
+        except CoreError:
+            return status_label(None)
+
+    async def _incident_changed(self, data: bytes, decision: Accept | Reject) -> bool:
+        """Re-read the incident a verified envelope names; True if it differs from ours.
+
+        Another broker may have opened, changed or closed it since our last state refresh;
+        deciding on the stale copy would refuse the incident's traffic as unknown, or let a
+        message into an incident that is closed.
+        """
+        if isinstance(decision, Accept):
+            header = decision.envelope.header
+        elif decision.message_id is not None:  # refusals before verification name no incident
+            try:
+                header = read_envelope(data, self.state.directory).header
+            except CoreError:
+                return False
+        else:
+            return False
+        if header.incident is None:
+            return False
+        try:
+            entry = await self.bus.kv_get(
+                subjects.STATE_BUCKET, subjects.incident_key(header.incident)
+            )
+            incident = None if entry is None else Incident.parse(entry.value, max_bytes=64 * 1024)
+        except (ValueError, CoreError):
+            return False
+        if incident is None or incident == self.state.incidents.get(incident.id):
+            return False
+        self.state.incidents[incident.id] = incident
+        self.state.changes += 1
+        return True
+
+    async def _forward_origin(self, data: bytes) -> ForwardOrigin | None:
+        try:
+            reference = read_envelope(data, self.state.directory).header.forwarded()
+        except CoreError:
+            return None
+        if reference is None:
+            return None
+        record = await self._record(reference.message)
+        if record is None:
+            return None
+        # Approvals for TLP:AMBER onward sharing arrive with the client library; until then
+        # AMBER content reaches no actor that was not on the original.
+        return ForwardOrigin(record[0].parsed_header(), record[0].header_hash)
+
+    async def _claim(self, actor: str, decision: Accept, *, redelivered: bool) -> Accept | Reject:
+        """Record the message id; a second submission of an id is a replay."""
+        envelope = decision.envelope
+        record = MessageRecord(
+            header=envelope.header.to_bytes().decode(),
+            header_hash=envelope.header_hash,
+            submitted_by=actor,
+            accepted=self.clock(),
+            deadline=decision.receipt_deadline,
+        )
+        try:
+            await self.bus.kv_create(
+                subjects.MESSAGES_BUCKET, envelope.header.id, record.model_dump_json().encode()
+            )
+            return decision
+        except KvConflict:
+            existing = await self._record(envelope.header.id)
+        if redelivered and existing is not None and existing[0].header_hash == envelope.header_hash:
+            return decision  # our own earlier attempt crashed before the ack: finish it
+        return Reject(
+            Reason.REPLAY,
+            "message id already seen",
+            message_id=envelope.header.id,
+            sender=envelope.header.sender,
+        )
+
+    async def _fan_out(self, decision: Accept) -> None:
+        header = decision.envelope.header
+        data = decision.envelope.raw
+        await asyncio.gather(
+            *(
+                self.bus.publish(
+                    subjects.deliver_subject(recipient), data, msg_id=f"d.{header.id}.{recipient}"
+                )
+                for recipient in header.recipients
+            )
+        )
+        self.metrics.deliveries.labels(
+            classification=header.label.classification,
+            priority=header.priority.value,
+            status=header.status.value,
+        ).inc(len(header.recipients))
+
+    async def _apply_control(self, decision: Accept) -> None:
+        header = decision.envelope.header
+        if header.type is MessageType.MODE_CHANGE and header.control and header.control.mode:
+            await self.bus.kv_put(
+                subjects.STATE_BUCKET, subjects.MODE_KEY, header.control.mode.value.encode()
+            )
+            self.state.mode = header.control.mode
+            self.state.changes += 1
+            self.metrics.set_mode(header.control.mode.value)
+            await self._audit(
+                AuditKind.MODE_CHANGE,
+                key=header.id,
+                actor=header.sender,
+                message=header.id,
+                detail=f"mode is now {header.control.mode.value}",
+            )
+            return
+        if header.incident is None or header.type not in (
+            MessageType.ACTIVATION,
+            MessageType.INCIDENT_CLOSE,
+        ):
+            return
+        previous = self.state.incidents.get(header.incident)
+        if header.type is MessageType.ACTIVATION:
+            incident = opened_by(header, previous)
+        else:
+            assert previous is not None  # decide() refused a close of an unknown incident
+            incident = closed_by(previous, header.created)
+        await self.bus.kv_put(
+            subjects.STATE_BUCKET, subjects.incident_key(incident.id), incident.to_bytes()
+        )
+        self.state.incidents[incident.id] = incident
+        self.state.changes += 1
+        self.metrics.open_incidents.set(sum(i.is_open for i in self.state.incidents.values()))
+        await self._audit(
+            AuditKind.INCIDENT_CHANGE,
+            key=header.id,
+            actor=header.sender,
+            message=header.id,
+            incident=incident.id,
+            recipients=incident.participants,
+            status=incident.status.value,
+            detail="closed" if incident.closed else f"open ({incident.type})",
+        )
+
+    async def _rejected(self, actor: str, data: bytes, reject: Reject, status: str) -> None:
+        self.metrics.rejected.labels(reason=reject.reason.value, status=status).inc()
+        submission = crypto.sha256(data).hex()
+        await self._notify(
+            actor,
+            data,
+            NoticeKind.REJECTED,
+            key=f"{submission}.rejected",
+            message=reject.message_id,
+            reason=reject.reason.value,
+            recipients=reject.recipients,
+            detail=reject.detail,
+        )
+        await self._audit(
+            AuditKind.REJECTED,
+            key=submission,
+            actor=actor,
+            message=reject.message_id,
+            reason=reject.reason.value,
+            recipients=reject.recipients,
+            status=status,
+            detail=reject.detail,
+        )
+
+    # --- receipts -----------------------------------------------------------------------
+
+    async def _receipt(self, actor: str, data: bytes) -> None:
+        now = self.clock()
+        try:
+            receipt = verify_receipt(data, self.state.directory, now=now)
+            if receipt.body.recipient != actor:
+                raise ReceiptError(
+                    "receipt published on another actor's subject", code="receipt_signer_mismatch"
+                )
+            body = receipt.body
+            recorded = False  # by this submission; a repeat is forwarded again, counted once
+            for _ in range(CAS_RETRIES):
+                found = await self._record(body.message)
+                if found is None:
+                    raise ReceiptError("no such message", code="receipt_unknown_message")
+                record, revision = found
+                check_receipt_matches(receipt, record.parsed_header(), record.header_hash)
+                kinds = record.receipts.setdefault(body.recipient, {})
+                if body.kind.value in kinds:
+                    break  # already recorded (a redelivery or a repeat)
+                kinds[body.kind.value] = body.at
+                try:
+                    await self.bus.kv_update(
+                        subjects.MESSAGES_BUCKET,
+                        body.message,
+                        record.model_dump_json().encode(),
+                        revision,
+                    )
+                    recorded = True
+                    break
+                except KvConflict:
+                    continue
+        except ReceiptError as exc:
+            self.metrics.receipts_rejected.labels(reason=exc.code).inc()
+            await self._notify(
+                actor,
+                data,
+                NoticeKind.REJECTED,
+                key=f"{crypto.sha256(data).hex()}.rejected",
+                reason=exc.code,
+                detail=exc.message,
+            )
+            await self._audit(
+                AuditKind.RECEIPT_REJECTED,
+                key=crypto.sha256(data).hex(),
+                actor=actor,
+                reason=exc.code,
+                detail=exc.message,
+            )
+            return
+        header = record.parsed_header()
+        await self.bus.publish(
+            subjects.deliver_subject(body.sender),
+            data,
+            msg_id=f"r.{body.message}.{body.recipient}.{body.kind.value}",
+        )
+        if recorded:
+            self.metrics.receipts.labels(kind=body.kind.value, status=header.status.value).inc()
+        await self._audit(
+            AuditKind.RECEIPT,
+            key=f"{body.message}.{body.recipient}.{body.kind.value}",
+            actor=actor,
+            message=body.message,
+            recipients=(body.recipient,),
+            status=header.status.value,
+            detail=body.kind.value,
+        )
+
+    async def _record(self, message_id: str) -> tuple[MessageRecord, int] | None:
+        try:
+            entry = await self.bus.kv_get(subjects.MESSAGES_BUCKET, message_id)
+        except ValueError:  # not a valid KV key: cannot be a message we accepted
+            return None
+        if entry is None:
+            return None
+        try:
+            return MessageRecord.model_validate_json(entry.value), entry.revision
+        except ValidationError:
+            log.error("unreadable message record %s", message_id)
+            return None
+
+    # --- directory ----------------------------------------------------------------------
+
+    async def _directory(self, actor: str, data: bytes) -> None:
+        try:
+            new = verify_directory(
+                data, pinned=self.state.pinned_authority, previous=self.state.directory
+            )
+        except DirectoryError as exc:
+            await self._notify(
+                actor,
+                data,
+                NoticeKind.REJECTED,
+                key=f"{crypto.sha256(data).hex()}.rejected",
+                reason=exc.code,
+                detail=exc.message,
+            )
+            await self._audit(
+                AuditKind.DIRECTORY_REJECTED,
+                key=crypto.sha256(data).hex(),
+                actor=actor,
+                reason=exc.code,
+                detail=exc.message,
+            )
+            return
+        await self.bus.kv_put(subjects.DIRECTORY_BUCKET, subjects.directory_key(new.version), data)
+        self.state.directory = new
+        self.state.changes += 1
+        self.metrics.directory_version.set(new.version)
+        await self._notify(
+            actor,
+            data,
+            NoticeKind.ACCEPTED,
+            key=f"directory.{new.version}.accepted",
+            detail=f"directory version {new.version}",
+        )
+        await self._audit(
+            AuditKind.DIRECTORY_CHANGE,
+            key=new.hash,
+            actor=actor,
+            detail=f"version {new.version} ({new.hash})",
+        )
+
+    # --- escalation -----------------------------------------------------------------------
+
+    async def sweep(self, *, limit: int = 10_000) -> int:
+        """Escalate messages whose recipients missed the delivery deadline; returns how many."""
+        now = self.clock()
+        escalated = 0
+        for key in (await self.bus.kv_keys(subjects.MESSAGES_BUCKET))[:limit]:
+            found = await self._record(key)
+            if found is None:
+                continue
+            record, revision = found
+            if record.escalated or record.deadline > now:
+                continue
+            missing = record.unconfirmed()
+            if not missing:
+                continue
+            # Notice and audit event first, then mark the record: a crash in between repeats
+            # them on the next sweep under the same dedupe ids instead of losing them. Of two
+            # brokers sweeping at once, JetStream keeps one notice and the mark counts once.
+            header = record.parsed_header()
+            await self._notify(
+                header.sender,
+                record.header.encode(),
+                NoticeKind.ESCALATION,
+                key=f"{header.id}.escalation",
+                message=header.id,
+                header_hash=record.header_hash,
+                recipients=missing,
+                detail="delivery not confirmed by the deadline",
+            )
+            await self._audit(
+                AuditKind.ESCALATION,
+                key=header.id,
+                actor=header.sender,
+                message=header.id,
+                recipients=missing,
+                status=header.status.value,
+                priority=header.priority.value,
+                label=header.label.wire(),
+            )
+            record.escalated = True
+            try:
+                await self.bus.kv_update(
+                    subjects.MESSAGES_BUCKET, key, record.model_dump_json().encode(), revision
+                )
+            except KvConflict:
+                continue  # another broker escalated it, or a receipt just arrived
+            self.metrics.escalations.labels(
+                priority=header.priority.value, status=header.status.value
+            ).inc()
+            escalated += 1
+        return escalated
+
+    # --- notices and audit ------------------------------------------------------------------
+
+    async def _notify(
+        self,
+        to: str,
+        submission: bytes,
+        kind: NoticeKind,
+        *,
+        key: str,
+        message: str | None = None,
+        header_hash: str | None = None,
+        reason: str | None = None,
+        recipients: tuple[str, ...] = (),
+        detail: str = "",
+    ) -> None:
+        notice = make_notice(
+            self.identity,
+            kind,
+            to=to,
+            submission=submission,
+            at=self.clock(),
+            message=message,
+            header_hash=header_hash,
+            reason=reason,
+            recipients=recipients,
+            detail=detail,
+        )
+        await self.bus.publish(subjects.deliver_subject(to), notice, msg_id=f"n.{key}")
+        self.metrics.notices.labels(kind=kind.value).inc()
+
+    async def _audit(self, kind: AuditKind, *, key: str, actor: str | None, **fields: Any) -> None:
+        event_id, body = audit_event(
+            kind, at=self.clock(), broker=self.identity.broker, key=key, actor=actor, **fields
+        )
+        await self.bus.publish(subjects.audit_subject(kind.value), body, msg_id=f"a.{event_id}")
+        self.metrics.audit_events.labels(kind=kind.value).inc()

@@ -1,0 +1,289 @@
+"""The broker service: lifecycle around the router.
+
+``Service(config)`` as an async context manager: start the embedded
+nats-server when no URL is configured, connect, create the streams and
+buckets, load the directory (data folder and KV, newest verified wins), mode
+and incidents, then run three loops — consume submissions, escalate missed
+deadlines, refresh shared state other brokers changed — and serve HTTP
+(``/healthz``, ``/readyz``, ``/metrics``). ``stop()`` (or SIGINT/SIGTERM via
+``run``) stops consuming, lets the message in hand finish, closes NATS and
+stops the embedded server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from types import TracebackType
+
+from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry
+
+from broker.core import CoreError, Incident, Mode, verify_directory
+
+from . import datadir, subjects
+from .bus import JetStreamBus
+from .config import BrokerConfig
+from .embedded import EmbeddedNats
+from .errors import NatsUnavailable
+from .metrics import BrokerMetrics
+from .router import BrokerState, Router
+from .web import HttpServer, make_app
+
+log = logging.getLogger("ssr.service")
+
+
+class Service:
+    def __init__(self, config: BrokerConfig, *, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.metrics = BrokerMetrics(registry or CollectorRegistry())
+        self.embedded: EmbeddedNats | None = None
+        self.bus: JetStreamBus | None = None
+        self.router: Router | None = None
+        self.http: HttpServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._streams_ready = False
+        self._busy = False  # the consumer holds a fetched batch
+
+    # --- health (for broker.web) ----------------------------------------------------------
+
+    def live(self) -> bool:
+        return not self._stopping.is_set() and all(not t.done() for t in self._tasks)
+
+    def ready(self) -> dict[str, bool]:
+        return {
+            "nats_connected": self.bus is not None and self.bus.connected,
+            "streams_ready": self._streams_ready,
+            "consuming": bool(self._tasks) and self.live(),
+        }
+
+    @property
+    def nats_url(self) -> str:
+        if self.embedded is not None:
+            return self.embedded.url
+        return self.config.nats_urls[0]
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Service:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        config = self.config
+        pinned = datadir.pinned_authority(config)
+        directory = datadir.verified_directory(datadir.directory_files(config), pinned)
+        identity = datadir.broker_identity(config, directory)
+        policy = datadir.policy(config)
+        try:
+            urls = config.nats_urls
+            if config.embedded:
+                self.embedded = EmbeddedNats(config.nats_dir)
+                await self.embedded.start()
+                urls = (self.embedded.url,)
+            self.bus = await JetStreamBus.connect(
+                urls,
+                config=config,
+                name=f"ssr-broker:{identity.broker}",
+                on_state=self._nats_state,
+                startup_timeout=config.nats_startup_timeout_s,
+            )
+            self.metrics.nats_connected.set(1)
+            await self.bus.ensure_layout(config.streams)
+            self._streams_ready = True
+            state = BrokerState(directory=directory, policy=policy, pinned_authority=pinned)
+            self.router = Router(bus=self.bus, state=state, identity=identity, metrics=self.metrics)
+            await self._publish_directory_files(datadir.directory_files(config))
+            await self.refresh_state()
+            submissions = await self.bus.submissions(config)
+        except BaseException:
+            await self.stop()
+            raise
+        self._tasks = [
+            asyncio.create_task(self._consume(submissions), name="consume"),
+            asyncio.create_task(self._every(config.sweep_interval_s, self._sweep), name="sweep"),
+            asyncio.create_task(
+                self._every(config.sweep_interval_s, self.refresh_state), name="state"
+            ),
+        ]
+        self.http = HttpServer(
+            make_app(self.metrics, self), host=config.http_host, port=config.http_port
+        )
+        await self.http.start()
+        log.info("broker %s ready; NATS %s; HTTP %s", identity.broker, self.nats_url, self.http.url)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        # Let the submission in hand finish (the consumer hands the rest of its batch back),
+        # so a stop never leaves work waiting out the ack wait; a consumer waiting in fetch
+        # holds nothing and is cancelled at once.
+        consume = self._tasks[0] if self._tasks else None
+        if consume is not None and self._busy:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(consume), self.config.shutdown_timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, self.config.shutdown_timeout_s)
+        self._tasks = []
+        if self.http is not None:
+            await self.http.stop()
+        if self.bus is not None:
+            await self.bus.close()
+            self.metrics.nats_connected.set(0)
+        if self.embedded is not None:
+            await self.embedded.stop()
+
+    async def run(self) -> None:
+        """Run until SIGINT or SIGTERM, then stop cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stopping.set)
+        async with self:
+            await self._stopping.wait()
+
+    # --- loops --------------------------------------------------------------------------
+
+    async def _consume(self, submissions: object) -> None:
+        assert self.bus is not None
+        assert self.router is not None
+        bus, router = self.bus, self.router
+        while not self._stopping.is_set():
+            try:
+                messages = await bus.fetch(submissions, self.config.fetch_batch, timeout=1.0)  # type: ignore[arg-type]
+            except NatsUnavailable as exc:
+                log.warning("%s", exc.message)
+                await asyncio.sleep(0.5)
+                continue
+            self._busy = True
+            try:
+                await self._route_batch(router, messages)
+            finally:
+                self._busy = False
+            pending = await bus.pending()
+            if pending >= 0:
+                self.metrics.consumer_pending.set(pending)
+
+    async def _route_batch(self, router: Router, messages: list[Msg]) -> None:
+        for msg in messages:
+            if self._stopping.is_set():  # stopping: hand the rest back to other brokers now
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+                continue
+            redelivered = msg.metadata.num_delivered > 1
+            if redelivered:
+                self.metrics.redelivered.inc()
+            try:
+                await router.route(msg.subject, msg.data, redelivered=redelivered)
+            except NatsUnavailable as exc:
+                log.warning("will retry a submission: %s", exc.message)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1.0)
+                continue
+            except Exception:  # a bug must not lose the message: retry it later
+                log.exception("routing failed; the submission will be redelivered")
+                self.metrics.count_error("decide")
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=5.0)
+                continue
+            with contextlib.suppress(Exception):  # a lost ack means a deduplicated retry
+                await msg.ack()
+
+    async def _every(self, seconds: float, job: object) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(seconds)
+            try:
+                await job()  # type: ignore[operator]
+            except NatsUnavailable as exc:
+                log.warning("%s", exc.message)
+            except Exception:
+                log.exception("periodic job failed")
+                self.metrics.count_error("sweep")
+
+    async def _sweep(self) -> None:
+        assert self.router is not None
+        await self.router.sweep()
+
+    async def _nats_state(self, state: str) -> None:
+        if state == "disconnected":
+            self.metrics.nats_connected.set(0)
+            self.metrics.nats_disconnects.inc()
+        else:
+            self.metrics.nats_connected.set(1)
+            self.metrics.nats_reconnects.inc()
+
+    # --- shared state -------------------------------------------------------------------
+
+    async def _publish_directory_files(self, versions: list[bytes]) -> None:
+        assert self.bus is not None
+        assert self.router is not None
+        current = None
+        for raw in versions:
+            current = verify_directory(
+                raw, pinned=self.router.state.pinned_authority, previous=current
+            )
+            key = subjects.directory_key(current.version)
+            if await self.bus.kv_get(subjects.DIRECTORY_BUCKET, key) is None:
+                await self.bus.kv_put(subjects.DIRECTORY_BUCKET, key, raw)
+
+    async def refresh_state(self) -> None:
+        """Read mode, incidents and newer directory versions that any broker wrote.
+
+        Everything is read first and applied at once, and only if this broker's router
+        changed no state meanwhile: a refresh that read the KV just before the router wrote
+        a new incident or mode would otherwise roll that change back until the next refresh
+        (and refuse the incident's next message as ``incident_unknown``).
+        """
+        assert self.bus is not None
+        assert self.router is not None
+        state = self.router.state
+        changes = state.changes
+        mode_entry = await self.bus.kv_get(subjects.STATE_BUCKET, subjects.MODE_KEY)
+        mode = state.mode
+        if mode_entry is not None:
+            with contextlib.suppress(ValueError):
+                mode = Mode(mode_entry.value.decode())
+        incidents: dict[str, Incident] = {}
+        for key in await self.bus.kv_keys(subjects.STATE_BUCKET):
+            if not key.startswith("incident."):
+                continue
+            entry = await self.bus.kv_get(subjects.STATE_BUCKET, key)
+            if entry is None:
+                continue
+            try:
+                incident = Incident.parse(entry.value, max_bytes=64 * 1024)
+            except CoreError:
+                log.error("unreadable incident record %s", key)
+                continue
+            incidents[incident.id] = incident
+        directory = state.directory
+        while True:  # newer directory versions another broker accepted
+            key = subjects.directory_key(directory.version + 1)
+            entry = await self.bus.kv_get(subjects.DIRECTORY_BUCKET, key)
+            if entry is None:
+                break
+            try:
+                directory = verify_directory(
+                    entry.value, pinned=state.pinned_authority, previous=directory
+                )
+            except CoreError as exc:
+                log.error("directory %s in KV does not verify: %s", key, exc)
+                break
+        if state.changes != changes:
+            return  # the router changed state while we read: the next refresh sees it all
+        state.mode, state.incidents, state.directory = mode, incidents, directory
+        self.metrics.set_mode(mode.value)
+        self.metrics.open_incidents.set(sum(i.is_open for i in incidents.values()))
+        self.metrics.directory_version.set(directory.version)

@@ -1,0 +1,66 @@
+"""NATS subjects, streams, consumers and KV buckets of ssr-broker: names only, no I/O.
+
+| subject / bucket            | stream / store  | content                                   |
+|-----------------------------|-----------------|-------------------------------------------|
+| ``ssr.submit.<actor>``      | SSR_SUBMIT      | envelopes, receipts, directory versions   |
+|                             | (work queue)    | published by an actor                     |
+| ``ssr.deliver.<actor>``     | SSR_DELIVER     | envelopes, forwarded receipts and notices |
+|                             | (limits, age)   | for an actor; one durable consumer each   |
+| ``ssr.audit.<kind>``        | SSR_AUDIT       | audit events; deny delete, deny purge     |
+| KV ``ssr_directory``        |                 | signed directory versions by ``v<N>``      |
+| KV ``ssr_state``            |                 | ``mode``, ``incident.<id>``               |
+| KV ``ssr_messages``         |                 | per message: header, receipt state        |
+"""
+
+from __future__ import annotations
+
+import re
+
+SUBMIT_STREAM = "SSR_SUBMIT"
+DELIVER_STREAM = "SSR_DELIVER"
+AUDIT_STREAM = "SSR_AUDIT"
+SUBMIT_WILDCARD = "ssr.submit.*"
+DELIVER_WILDCARD = "ssr.deliver.*"
+AUDIT_WILDCARD = "ssr.audit.>"
+BROKER_CONSUMER = "ssr-broker"
+DIRECTORY_BUCKET = "ssr_directory"
+STATE_BUCKET = "ssr_state"
+MESSAGES_BUCKET = "ssr_messages"
+MODE_KEY = "mode"
+CURRENT_DIRECTORY_KEY = "current"
+
+_TOKEN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+
+
+def submit_subject(actor: str) -> str:
+    return f"ssr.submit.{_token(actor)}"
+
+
+def deliver_subject(actor: str) -> str:
+    return f"ssr.deliver.{_token(actor)}"
+
+
+def audit_subject(kind: str) -> str:
+    return f"ssr.audit.{kind}"
+
+
+def actor_of_submit(subject: str) -> str | None:
+    """The actor a submit subject belongs to, or None for anything else."""
+    parts = subject.split(".")
+    if len(parts) == 3 and parts[:2] == ["ssr", "submit"] and _TOKEN.match(parts[2]):
+        return parts[2]
+    return None
+
+
+def incident_key(incident_id: str) -> str:
+    return f"incident.{_token(incident_id)}"
+
+
+def directory_key(version: int) -> str:
+    return f"v{version:08d}"
+
+
+def _token(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"{value!r} is not a valid subject token")
+    return value
