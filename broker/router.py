@@ -34,6 +34,7 @@ from broker.core import (
     Incident,
     MessageType,
     Mode,
+    NoticeError,
     NoticeKind,
     Policy,
     Reason,
@@ -164,16 +165,18 @@ class Router:
                 message_id=decision.message_id,
                 sender=decision.envelope.header.sender,
             )
+        resumed = False  # finishing our own interrupted attempt: count nothing twice
         if isinstance(decision, Accept):
-            decision = await self._claim(actor, decision, redelivered=redelivered)
+            decision, resumed = await self._claim(actor, decision, redelivered=redelivered)
         status = (
             status_label(decision.status) if isinstance(decision, Accept) else self._status(data)
         )
-        self.metrics.received.labels(status=status).inc()
+        if not resumed:
+            self.metrics.received.labels(status=status).inc()
         if isinstance(decision, Reject):
             await self._rejected(actor, data, decision, status)
             return
-        await self._fan_out(decision)
+        await self._fan_out(decision, count=not resumed)
         await self._apply_control(decision)
         header = decision.envelope.header
         await self._notify(
@@ -196,8 +199,9 @@ class Router:
             priority=header.priority.value,
             incident=header.incident,
         )
-        self.metrics.accepted.labels(status=status).inc()
-        self.metrics.routing_seconds.observe(time.perf_counter() - started)
+        if not resumed:
+            self.metrics.accepted.labels(status=status).inc()
+            self.metrics.routing_seconds.observe(time.perf_counter() - started)
 
     def _status(self, data: bytes) -> str:
         """Status for metrics of a refused envelope: only when its header verifies."""
@@ -251,8 +255,14 @@ class Router:
         # AMBER content reaches no actor that was not on the original.
         return ForwardOrigin(record[0].parsed_header(), record[0].header_hash)
 
-    async def _claim(self, actor: str, decision: Accept, *, redelivered: bool) -> Accept | Reject:
-        """Record the message id; a second submission of an id is a replay."""
+    async def _claim(
+        self, actor: str, decision: Accept, *, redelivered: bool
+    ) -> tuple[Accept | Reject, bool]:
+        """Record the message id; a second submission of an id is a replay.
+
+        Returns the decision and whether this resumes an earlier attempt of ours (a
+        redelivery after a crash or a lost ack), which metrics must not count twice.
+        """
         envelope = decision.envelope
         record = MessageRecord(
             header=envelope.header.to_bytes().decode(),
@@ -265,19 +275,20 @@ class Router:
             await self.bus.kv_create(
                 subjects.MESSAGES_BUCKET, envelope.header.id, record.model_dump_json().encode()
             )
-            return decision
+            return decision, False
         except KvConflict:
             existing = await self._record(envelope.header.id)
         if redelivered and existing is not None and existing[0].header_hash == envelope.header_hash:
-            return decision  # our own earlier attempt crashed before the ack: finish it
-        return Reject(
+            return decision, True  # our own earlier attempt stopped before the ack: finish it
+        reject = Reject(
             Reason.REPLAY,
             "message id already seen",
             message_id=envelope.header.id,
             sender=envelope.header.sender,
         )
+        return reject, False
 
-    async def _fan_out(self, decision: Accept) -> None:
+    async def _fan_out(self, decision: Accept, *, count: bool) -> None:
         header = decision.envelope.header
         data = decision.envelope.raw
         await asyncio.gather(
@@ -288,11 +299,12 @@ class Router:
                 for recipient in header.recipients
             )
         )
-        self.metrics.deliveries.labels(
-            classification=header.label.classification,
-            priority=header.priority.value,
-            status=header.status.value,
-        ).inc(len(header.recipients))
+        if count:
+            self.metrics.deliveries.labels(
+                classification=header.label.classification,
+                priority=header.priority.value,
+                status=header.status.value,
+            ).inc(len(header.recipients))
 
     async def _apply_control(self, decision: Accept) -> None:
         header = decision.envelope.header
@@ -555,18 +567,31 @@ class Router:
         recipients: tuple[str, ...] = (),
         detail: str = "",
     ) -> None:
-        notice = make_notice(
-            self.identity,
-            kind,
-            to=to,
-            submission=submission,
-            at=self.clock(),
-            message=message,
-            header_hash=header_hash,
-            reason=reason,
-            recipients=recipients,
-            detail=detail,
-        )
+        try:
+            notice = make_notice(
+                self.identity,
+                kind,
+                to=to,
+                submission=submission,
+                at=self.clock(),
+                message=message,
+                header_hash=header_hash,
+                reason=reason,
+                recipients=recipients,
+                detail=detail,
+            )
+        except NoticeError:  # e.g. 200 long recipient ids: send the verdict without the list
+            notice = make_notice(
+                self.identity,
+                kind,
+                to=to,
+                submission=submission,
+                at=self.clock(),
+                message=message,
+                header_hash=header_hash,
+                reason=reason,
+                detail="recipients omitted: too many to list in a notice",
+            )
         await self.bus.publish(subjects.deliver_subject(to), notice, msg_id=f"n.{key}")
         self.metrics.notices.labels(kind=kind.value).inc()
 

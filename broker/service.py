@@ -107,6 +107,12 @@ class Service:
             await self._publish_directory_files(datadir.directory_files(config))
             await self.refresh_state()
             submissions = await self.bus.submissions(config)
+            # HTTP before the loops, and inside this block: a port already in use must not
+            # leave a half-started broker routing (and an embedded nats-server orphaned).
+            self.http = HttpServer(
+                make_app(self.metrics, self), host=config.http_host, port=config.http_port
+            )
+            await self.http.start()
         except BaseException:
             await self.stop()
             raise
@@ -117,10 +123,6 @@ class Service:
                 self._every(config.sweep_interval_s, self.refresh_state), name="state"
             ),
         ]
-        self.http = HttpServer(
-            make_app(self.metrics, self), host=config.http_host, port=config.http_port
-        )
-        await self.http.start()
         log.info("broker %s ready; NATS %s; HTTP %s", identity.broker, self.nats_url, self.http.url)
 
     async def stop(self) -> None:
