@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -322,6 +322,23 @@ class JetStreamBus:
             return int(await self._request(self._kv[bucket].put(key, value)))
         except _TRANSPORT_ERRORS as exc:
             raise NatsUnavailable(f"kv put {bucket}/{key} failed: {exc}") from exc
+
+    async def kv_values(self, bucket: str, key: str) -> AsyncIterator[bytes]:
+        """Every value ``key`` takes from now on (the current one first, if any).
+
+        Ends when the watch breaks (e.g. the connection is lost); the caller watches again.
+        """
+        try:
+            watcher = await self._kv[bucket].watch(key)
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"kv watch {bucket}/{key} failed: {exc}") from exc
+        try:
+            async for entry in watcher:
+                if entry is not None and entry.value:
+                    yield entry.value
+        finally:
+            with contextlib.suppress(*_TRANSPORT_ERRORS):
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def kv_keys(self, bucket: str) -> list[str]:
         try:

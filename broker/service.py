@@ -33,6 +33,7 @@ from .router import BrokerState, Router
 from .web import HttpServer, make_app
 
 log = logging.getLogger("ssr.service")
+AUX_STOP_TIMEOUT_S = 2.0
 
 
 class Service:
@@ -122,6 +123,7 @@ class Service:
             asyncio.create_task(
                 self._every(config.sweep_interval_s, self.refresh_state), name="state"
             ),
+            asyncio.create_task(self._follow_mode(), name="mode"),
         ]
         log.info("broker %s ready; NATS %s; HTTP %s", identity.broker, self.nats_url, self.http.url)
 
@@ -136,9 +138,12 @@ class Service:
                 await asyncio.wait_for(asyncio.shield(consume), self.config.shutdown_timeout_s)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, self.config.shutdown_timeout_s)
+        if self._tasks:
+            # The helpers (sweep, state, mode watch) hold no work; a nats-py call caught
+            # mid-setup may take a moment to honour the cancel, and must not hold up the stop.
+            _, stragglers = await asyncio.wait(self._tasks, timeout=AUX_STOP_TIMEOUT_S)
+            for task in stragglers:
+                log.warning("task %s did not stop in time; abandoning it", task.get_name())
         self._tasks = []
         if self.http is not None:
             await self.http.stop()
@@ -239,6 +244,24 @@ class Service:
             key = subjects.directory_key(current.version)
             if await self.bus.kv_get(subjects.DIRECTORY_BUCKET, key) is None:
                 await self.bus.kv_put(subjects.DIRECTORY_BUCKET, key, raw)
+
+    async def _follow_mode(self) -> None:
+        """Apply a mode change made through any broker at once, not at the next refresh.
+
+        A broker that routed under the old mode for seconds after höjd beredskap was
+        declared would skip the overlay's rules; the periodic refresh stays as a fallback.
+        """
+        assert self.bus is not None
+        assert self.router is not None
+        while not self._stopping.is_set():
+            try:
+                async for value in self.bus.kv_values(subjects.STATE_BUCKET, subjects.MODE_KEY):
+                    with contextlib.suppress(ValueError):
+                        self.router.state.mode = Mode(value.decode())
+                        self.metrics.set_mode(self.router.state.mode.value)
+            except NatsUnavailable as exc:
+                log.warning("%s", exc.message)
+            await asyncio.sleep(1.0)  # the watch ended: watch again
 
     async def refresh_state(self) -> None:
         """Read mode, incidents and newer directory versions that any broker wrote.

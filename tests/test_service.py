@@ -775,3 +775,28 @@ async def test_sigterm_stops_the_broker_process_cleanly(
         await process.kill()
     assert code == 0, "\n".join(process.output)
     assert any("stopped cleanly" in line for line in process.output)
+
+
+async def test_a_mode_change_reaches_every_broker_at_once(
+    broker_factory: BrokerFactory, net: Actors
+) -> None:
+    # Refreshes every 60 s: only the KV watch can bring the change within the wait below.
+    first = await broker_factory(sweep_interval_s=60.0)
+    second = await broker_factory(sweep_interval_s=60.0)
+    _, change = await net.send(
+        "lansstyrelsen-stockholm",
+        ["nacka"],
+        message_type=MessageType.MODE_CHANGE,
+        control=Control(mode=Mode.HEIGHTENED_ALERT),
+        text="Höjd beredskap",
+    )
+    await net.accepted_and_delivered("lansstyrelsen-stockholm", change)
+    for service in (first, second):
+        assert service.router is not None
+        router = service.router
+        await wait_until(
+            lambda router=router: router.state.mode is Mode.HEIGHTENED_ALERT,
+            "the new mode at both brokers",
+            timeout=3.0,
+        )
+        assert metric(service, "ssr_broker_mode", mode="heightened_alert") == 1
