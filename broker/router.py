@@ -165,7 +165,9 @@ class Router:
                 message_id=decision.message_id,
                 sender=decision.envelope.header.sender,
             )
-        resumed = False  # finishing our own interrupted attempt: count nothing twice
+        # Counted when the message id is claimed, so finishing an interrupted attempt of our
+        # own (a redelivery after a lost ack or a NATS restart) counts nothing twice.
+        resumed = False
         if isinstance(decision, Accept):
             decision, resumed = await self._claim(actor, decision, redelivered=redelivered)
         status = (
@@ -176,7 +178,9 @@ class Router:
         if isinstance(decision, Reject):
             await self._rejected(actor, data, decision, status)
             return
-        await self._fan_out(decision, count=not resumed)
+        if not resumed:
+            self._count_accepted(decision, status)
+        await self._fan_out(decision)
         await self._apply_control(decision)
         header = decision.envelope.header
         await self._notify(
@@ -199,9 +203,7 @@ class Router:
             priority=header.priority.value,
             incident=header.incident,
         )
-        if not resumed:
-            self.metrics.accepted.labels(status=status).inc()
-            self.metrics.routing_seconds.observe(time.perf_counter() - started)
+        self.metrics.routing_seconds.observe(time.perf_counter() - started)
 
     def _status(self, data: bytes) -> str:
         """Status for metrics of a refused envelope: only when its header verifies."""
@@ -288,7 +290,16 @@ class Router:
         )
         return reject, False
 
-    async def _fan_out(self, decision: Accept, *, count: bool) -> None:
+    def _count_accepted(self, decision: Accept, status: str) -> None:
+        header = decision.envelope.header
+        self.metrics.accepted.labels(status=status).inc()
+        self.metrics.deliveries.labels(
+            classification=header.label.classification,
+            priority=header.priority.value,
+            status=header.status.value,
+        ).inc(len(header.recipients))
+
+    async def _fan_out(self, decision: Accept) -> None:
         header = decision.envelope.header
         data = decision.envelope.raw
         await asyncio.gather(
@@ -299,12 +310,6 @@ class Router:
                 for recipient in header.recipients
             )
         )
-        if count:
-            self.metrics.deliveries.labels(
-                classification=header.label.classification,
-                priority=header.priority.value,
-                status=header.status.value,
-            ).inc(len(header.recipients))
 
     async def _apply_control(self, decision: Accept) -> None:
         header = decision.envelope.header
