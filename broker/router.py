@@ -358,26 +358,50 @@ class Router:
 
     async def _rejected(self, actor: str, data: bytes, reject: Reject, status: str) -> None:
         self.metrics.rejected.labels(reason=reject.reason.value, status=status).inc()
+        await self._refuse(
+            actor,
+            data,
+            AuditKind.REJECTED,
+            reject.reason.value,
+            reject.detail,
+            message=reject.message_id,
+            recipients=reject.recipients,
+            status=status,
+        )
+
+    async def _refuse(
+        self,
+        actor: str,
+        data: bytes,
+        kind: AuditKind,
+        reason: str,
+        detail: str,
+        *,
+        message: str | None = None,
+        recipients: tuple[str, ...] = (),
+        status: str | None = None,
+    ) -> None:
+        """Tell the submitting actor why, in a signed notice, and audit the refusal."""
         submission = crypto.sha256(data).hex()
         await self._notify(
             actor,
             data,
             NoticeKind.REJECTED,
             key=f"{submission}.rejected",
-            message=reject.message_id,
-            reason=reject.reason.value,
-            recipients=reject.recipients,
-            detail=reject.detail,
+            message=message,
+            reason=reason,
+            recipients=recipients,
+            detail=detail,
         )
         await self._audit(
-            AuditKind.REJECTED,
+            kind,
             key=submission,
             actor=actor,
-            message=reject.message_id,
-            reason=reject.reason.value,
-            recipients=reject.recipients,
+            message=message,
+            reason=reason,
+            recipients=recipients,
             status=status,
-            detail=reject.detail,
+            detail=detail,
         )
 
     # --- receipts -----------------------------------------------------------------------
@@ -415,21 +439,7 @@ class Router:
                     continue
         except ReceiptError as exc:
             self.metrics.receipts_rejected.labels(reason=exc.code).inc()
-            await self._notify(
-                actor,
-                data,
-                NoticeKind.REJECTED,
-                key=f"{crypto.sha256(data).hex()}.rejected",
-                reason=exc.code,
-                detail=exc.message,
-            )
-            await self._audit(
-                AuditKind.RECEIPT_REJECTED,
-                key=crypto.sha256(data).hex(),
-                actor=actor,
-                reason=exc.code,
-                detail=exc.message,
-            )
+            await self._refuse(actor, data, AuditKind.RECEIPT_REJECTED, exc.code, exc.message)
             return
         header = record.parsed_header()
         await self.bus.publish(
@@ -470,21 +480,7 @@ class Router:
                 data, pinned=self.state.pinned_authority, previous=self.state.directory
             )
         except DirectoryError as exc:
-            await self._notify(
-                actor,
-                data,
-                NoticeKind.REJECTED,
-                key=f"{crypto.sha256(data).hex()}.rejected",
-                reason=exc.code,
-                detail=exc.message,
-            )
-            await self._audit(
-                AuditKind.DIRECTORY_REJECTED,
-                key=crypto.sha256(data).hex(),
-                actor=actor,
-                reason=exc.code,
-                detail=exc.message,
-            )
+            await self._refuse(actor, data, AuditKind.DIRECTORY_REJECTED, exc.code, exc.message)
             return
         await self.bus.kv_put(subjects.DIRECTORY_BUCKET, subjects.directory_key(new.version), data)
         self.state.directory = new
