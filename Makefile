@@ -21,10 +21,10 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check broker clients tests bench
+	$(BIN)/ruff format --check broker clients tests bench examples
 
 typecheck: $(STAMP)
-	$(BIN)/mypy broker clients
+	$(BIN)/mypy broker clients examples
 
 unit: $(STAMP)
 	$(BIN)/coverage erase

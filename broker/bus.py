@@ -17,6 +17,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -59,10 +60,38 @@ class _Drops:
         self.event = asyncio.Event()
 
 
+async def _until_reachable(urls: tuple[str, ...]) -> None:
+    """Return once some server accepts a TCP connection (the caller bounds the wait).
+
+    nats-py's first connect, with unbounded reconnects, retries refused connections in a
+    loop that can lose a cancellation (Python 3.11 ``wait_for``): a caller that gives up
+    would then wait out its whole timeout. Probing here first keeps that loop for servers
+    that answer, and a refused or silent server costs only this cancellable wait.
+    """
+    while True:
+        for url in urls:
+            parsed = urlsplit(url if "://" in url else f"nats://{url}")
+            try:
+                _, writer = await asyncio.open_connection(parsed.hostname, parsed.port or 4222)
+            except (OSError, ValueError):
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+        await asyncio.sleep(0.25)
+
+
 class KvConflict(BrokerError):
     """A KV create or compare-and-set found another value; re-read and decide again."""
 
     code = "kv_conflict"
+
+
+class PublishRefused(BrokerError):
+    """NATS refuses this message for good (larger than the server's max_payload)."""
+
+    code = "too_large"
 
 
 @dataclass(frozen=True)
@@ -90,12 +119,13 @@ class JetStreamBus:
         on_state: Callable[[str], Awaitable[None]] | None = None,
         connect_timeout: float = 5.0,
         startup_timeout: float = 15.0,
+        options: dict[str, Any] | None = None,
     ) -> JetStreamBus:
         """Connect, trying the URLs for at most ``startup_timeout`` seconds in all.
 
         Once connected, reconnects are unbounded: a running broker waits out any outage.
         """
-        options: dict[str, Any] = {
+        options = dict(options or {}) | {
             "servers": list(urls),
             "name": name,
             "connect_timeout": connect_timeout,
@@ -120,15 +150,23 @@ class JetStreamBus:
             async def reconnected() -> None:
                 await on_state("reconnected")
 
+            last_error = ""
+
             async def error(exc: Exception) -> None:
-                log.warning("nats: %s", exc)
+                # While a server is down nats-py reports every reconnect attempt: say it once.
+                nonlocal last_error
+                text = str(exc) or type(exc).__name__
+                log.log(logging.DEBUG if text == last_error else logging.WARNING, "nats: %s", text)
+                last_error = text
 
             options.update(reconnected_cb=reconnected, error_cb=error)
         # With unbounded reconnects nats-py also retries a first connection forever: a broker
         # that cannot reach NATS at start would hang silently instead of saying so.
         nc = NatsClient()
         try:
-            await asyncio.wait_for(nc.connect(**options), startup_timeout)
+            async with asyncio.timeout(startup_timeout):
+                await _until_reachable(urls)
+                await nc.connect(**options)
         except _TRANSPORT_ERRORS as exc:
             last = nc.last_error or exc
             with contextlib.suppress(Exception):
@@ -246,27 +284,46 @@ class JetStreamBus:
             ack = await self._request(
                 self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
             )
+        except nats.errors.MaxPayloadError as exc:
+            raise PublishRefused(f"{len(data)} bytes exceed the server's max_payload") from exc
         except _TRANSPORT_ERRORS as exc:
             raise NatsUnavailable(f"publish to {subject} failed: {exc}") from exc
         return int(ack.seq)
 
     async def submissions(self, config: BrokerConfig) -> JetStreamContext.PullSubscription:
-        consumer = api.ConsumerConfig(
-            durable_name=subjects.BROKER_CONSUMER,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=config.ack_wait_s,
+        return await self.pull(
+            subjects.SUBMIT_WILDCARD,
+            stream=subjects.SUBMIT_STREAM,
+            durable=subjects.BROKER_CONSUMER,
+            ack_wait_s=config.ack_wait_s,
             max_deliver=config.max_deliver,
             max_ack_pending=1024,
         )
+
+    async def pull(
+        self,
+        subject: str,
+        *,
+        stream: str,
+        durable: str,
+        ack_wait_s: float,
+        max_deliver: int = -1,
+        max_ack_pending: int = 1024,
+    ) -> JetStreamContext.PullSubscription:
+        """Bind (creating it if needed) a durable pull consumer with explicit acks."""
+        consumer = api.ConsumerConfig(
+            durable_name=durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=ack_wait_s,
+            max_deliver=max_deliver,
+            max_ack_pending=max_ack_pending,
+        )
         try:
             return await self.js.pull_subscribe(
-                subjects.SUBMIT_WILDCARD,
-                durable=subjects.BROKER_CONSUMER,
-                stream=subjects.SUBMIT_STREAM,
-                config=consumer,
+                subject, durable=durable, stream=stream, config=consumer
             )
         except _TRANSPORT_ERRORS as exc:
-            raise NatsUnavailable(f"cannot subscribe to submissions: {exc}") from exc
+            raise NatsUnavailable(f"cannot subscribe to {subject}: {exc}") from exc
 
     @staticmethod
     async def fetch(
@@ -289,6 +346,14 @@ class JetStreamBus:
         return int(info.num_pending or 0)
 
     # --- KV -----------------------------------------------------------------------------
+
+    async def bind_buckets(self, *buckets: str) -> None:
+        """Open KV buckets that a broker created (clients never create them)."""
+        try:
+            for bucket in buckets:
+                self._kv[bucket] = await self._request(self.js.key_value(bucket))
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"cannot open KV buckets: {exc}") from exc
 
     async def kv_get(self, bucket: str, key: str) -> KvEntry | None:
         try:

@@ -18,6 +18,7 @@ from .demo_traffic import run_scenario
 from .service import Service
 
 log = logging.getLogger("ssr.up")
+NATS_URL_FILE = "nats.url"
 
 
 async def up(config: BrokerConfig, *, demo: bool = True, once: bool = False) -> None:
@@ -31,6 +32,9 @@ async def up(config: BrokerConfig, *, demo: bool = True, once: bool = False) -> 
     async with Service(config) as service:
         assert service.http is not None
         print(f"broker running: NATS {service.nats_url}  HTTP {service.http.url}")
+        # Where clients on this machine find the embedded server (``ssr --demo-dir``).
+        url_file = config.data_dir / NATS_URL_FILE
+        url_file.write_text(service.nats_url + "\n", encoding="ascii")
         if demo:
             print("sending the demo scenario ...")
             directory = service.router.state.directory if service.router else None
@@ -47,11 +51,14 @@ async def up(config: BrokerConfig, *, demo: bool = True, once: bool = False) -> 
             f"  {service.http.url}/metrics   Prometheus metrics (ssr_broker_*)\n"
             f"  {service.http.url}/readyz    readiness\n"
             f"  {config.data_dir}/           keys, signed directory, policy, NATS store\n"
+            f"  ssr --demo-dir {config.data_dir} send --actor nacka --to solna --label INTERN"
+            " --tlp GREEN --text hej      (see docs/integrating.md)\n"
             "  audit events are on the stream SSR_AUDIT (subjects ssr.audit.*)\n"
         )
         if not once:
             print("Ctrl-C stops everything.")
             await stop.wait()
+        url_file.unlink(missing_ok=True)
     print("stopped cleanly.")
 
 

@@ -8,7 +8,7 @@ the sequence order. The sequence is SQLite ``AUTOINCREMENT``: it never goes
 back, not even after the newest item was sent. Redelivery of an item whose
 acknowledgement was lost is harmless because the message id is also the
 JetStream ``Nats-Msg-Id`` (within the duplicate window) and recipients keep
-seen ids on disk (:mod:`clients._seen`) beyond it.
+seen ids on disk (:mod:`clients._inbox`) beyond it.
 
 The API is synchronous and thread-safe within one process; the async client
 calls it through ``asyncio.to_thread``.
@@ -141,16 +141,12 @@ class Outbox(SqliteStore):
         """The oldest ``limit`` waiting items, in sequence (= per-sender) order."""
         if not 1 <= limit <= MAX_PENDING_BATCH:
             raise OutboxError(f"limit must be 1..{MAX_PENDING_BATCH}", code="invalid_limit")
-        with self._lock, self._mapped("read"):
-            rows = (
-                self._connection()
-                .execute(
-                    "SELECT sequence, message_id, subject, data, expires, enqueued"
-                    " FROM outbox ORDER BY sequence LIMIT ?",
-                    (limit,),
-                )
-                .fetchall()
-            )
+        rows = self._select(
+            "read",
+            "SELECT sequence, message_id, subject, data, expires, enqueued"
+            " FROM outbox ORDER BY sequence LIMIT ?",
+            (limit,),
+        )
         return [OutboxItem(*row) for row in rows]
 
     def mark_sent(self, message_id: str) -> None:
@@ -181,6 +177,14 @@ class Outbox(SqliteStore):
                 conn.execute("DELETE FROM outbox WHERE expires <= ?", (now,))
             self._count -= len(ids)
         return ids
+
+    def __contains__(self, message_id: object) -> bool:
+        """Whether ``message_id`` is waiting to be published."""
+        if not isinstance(message_id, str):
+            return False
+        return bool(
+            self._select("read", "SELECT 1 FROM outbox WHERE message_id = ?", (message_id,))
+        )
 
     def __len__(self) -> int:
         with self._lock:

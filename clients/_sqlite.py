@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from clients._errors import ClientError
 
@@ -141,6 +141,11 @@ class SqliteStore:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def _select(self, what: str, sql: str, params: tuple[object, ...]) -> list[Any]:
+        """Rows of one read-only statement, under the lock, errors mapped."""
+        with self._lock, self._mapped(what):
+            return self._connection().execute(sql, params).fetchall()
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

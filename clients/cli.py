@@ -1,6 +1,6 @@
-"""The ``ssr`` command line. This first version covers keys, policy files and the
-directory; sending, inbox and the authority's directory verbs come with the
-client library.
+"""The ``ssr`` command line: keys, policy files, the signed directory (verify, show and
+the authority's verbs in ``cli_directory``), sending and receiving as an actor (``send``,
+``inbox``, ``status`` and ``directory publish`` in ``cli_messages``) and ``up``.
 
 Exit codes: 0 success, 1 a check failed (a document does not verify),
 2 bad usage or unreadable input. Errors are one line on stderr, never a traceback.
@@ -207,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("files", nargs="+", help="directory version files, oldest first")
     verify.set_defaults(handler=cmd_directory_verify)
+    # Imported here: clients.cli_directory builds on this module's helpers.
+    from clients.cli_directory import add_directory_verbs
+
+    add_directory_verbs(directory)
+    from clients.cli_messages import add_publish_verb
+
+    add_publish_verb(directory)
 
     run = commands.add_parser(
         "up", help="run the broker (embedded NATS and the demo region by default)"
@@ -226,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="stop after the demo scenario (for scripts and tests)"
     )
     run.set_defaults(handler=cmd_up)
+    # send, inbox, status and the global --demo-dir (imported here: it builds on this module).
+    from clients.cli_messages import add_message_verbs
+
+    add_message_verbs(parser, commands)
     return parser
 
 

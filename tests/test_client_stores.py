@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+import clients._inbox as inbox_module
 import clients._outbox as outbox_module
-import clients._seen as seen_module
 from clients._errors import ClientError, OutboxError, OutboxFull, StoreError
+from clients._inbox import Inbox
 from clients._outbox import MAX_ITEM_BYTES, Outbox, OutboxItem
-from clients._seen import SeenStore
 
 REPO = Path(__file__).resolve().parents[1]
 FAR_FUTURE = 4_000_000_000
@@ -168,7 +168,7 @@ def test_closed_outbox_raises(outbox_path: Path) -> None:
 def test_file_mode_is_0600(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
-        with Outbox(tmp_path / "o") as outbox, SeenStore(tmp_path / "s") as seen:
+        with Outbox(tmp_path / "o") as outbox, Inbox(tmp_path / "s") as seen:
             outbox.enqueue("m", "s", b"", FAR_FUTURE)
             seen.add("m", FAR_FUTURE)
             modes = {p.name: _mode(p) for p in tmp_path.iterdir()}
@@ -200,18 +200,18 @@ def test_foreign_sqlite_file_is_refused_untouched(outbox_path: Path) -> None:
     conn.close()
 
 
-def test_seen_store_is_not_an_outbox(tmp_path: Path) -> None:
-    SeenStore(tmp_path / "f").close()
+def test_inbox_is_not_an_outbox(tmp_path: Path) -> None:
+    Inbox(tmp_path / "f").close()
     with pytest.raises(OutboxError, match="not an SSR outbox") as info:
         Outbox(tmp_path / "f")
     assert info.value.code == "not_a_store"
     Outbox(tmp_path / "g").close()
-    with pytest.raises(StoreError, match="not an SSR seen store"):
-        SeenStore(tmp_path / "g")
+    with pytest.raises(StoreError, match="not an SSR inbox"):
+        Inbox(tmp_path / "g")
 
 
-@pytest.mark.parametrize("store", [Outbox, SeenStore])
-def test_unknown_schema_version_is_refused(tmp_path: Path, store: type[Outbox | SeenStore]) -> None:
+@pytest.mark.parametrize("store", [Outbox, Inbox])
+def test_unknown_schema_version_is_refused(tmp_path: Path, store: type[Outbox | Inbox]) -> None:
     path = tmp_path / "f"
     store(path).close()
     conn = sqlite3.connect(path)
@@ -335,35 +335,36 @@ def test_sigkill_while_enqueueing_loses_nothing_that_returned(outbox_path: Path)
         assert all(stored[item.message_id] == item.sequence for item in after[: len(stored)])
 
 
-# --- seen store -------------------------------------------------------------
+# --- inbox -------------------------------------------------------------
 
 
 def test_seen_add_twice_purge_and_reopen(tmp_path: Path) -> None:
     path = tmp_path / "nacka.seen"
-    with SeenStore(path, leeway=10) as seen:
+    with Inbox(path, leeway=10) as seen:
         assert seen.add("a", 100) is True
         assert seen.add("a", 100) is False
         assert seen.add("b", 200) is True
         assert "a" in seen
         assert "c" not in seen
         assert 5 not in seen
-        assert len(seen) == 2
-    with SeenStore(path, leeway=10) as seen:
+        assert seen.seen_count == 2
+        assert len(seen) == 0
+    with Inbox(path, leeway=10) as seen:
         assert "a" in seen
         assert seen.add("a", 100) is False
         assert seen.purge(now=109) == 0  # kept until expires + leeway
         assert seen.purge(now=110) == 1
         assert "a" not in seen
         assert "b" in seen
-        assert len(seen) == 1
-    with SeenStore(path) as seen:
+        assert seen.seen_count == 1
+    with Inbox(path) as seen:
         assert "a" not in seen
-        assert len(seen) == 1
+        assert seen.seen_count == 1
 
 
 def test_seen_bound_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(seen_module, "MAX_SEEN", 2)
-    with SeenStore(tmp_path / "s", leeway=0) as seen:
+    monkeypatch.setattr(inbox_module, "MAX_SEEN", 2)
+    with Inbox(tmp_path / "s", leeway=0) as seen:
         seen.add("a", 100)
         seen.add("b", 200)
         assert seen.add("a", 100) is False
@@ -378,12 +379,52 @@ def test_seen_refuses_garbage_and_bad_arguments(tmp_path: Path) -> None:
     path = tmp_path / "s"
     path.write_bytes(b"\x01" * 4096)
     with pytest.raises(StoreError) as info:
-        SeenStore(path)
+        Inbox(path)
     assert info.value.code == "not_a_store"
     with pytest.raises(StoreError):
-        SeenStore(tmp_path / "t", leeway=-1)
-    with SeenStore(tmp_path / "u") as seen:
+        Inbox(tmp_path / "t", leeway=-1)
+    with Inbox(tmp_path / "u") as seen:
         with pytest.raises(StoreError):
             seen.add("", 1)
         with pytest.raises(StoreError):
             seen.add("m", "1")  # type: ignore[arg-type]
+
+
+def test_inbox_admit_take_in_order_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "nacka.inbox"
+    with Inbox(path, leeway=0) as inbox:
+        assert inbox.admit("m1", 100, b"one", received=1)
+        assert inbox.admit("m2", 100, b"two", received=2)
+        assert not inbox.admit("m1", 100, b"other", received=3)  # seen: nothing queued
+        assert len(inbox) == 2
+    with Inbox(path, leeway=0) as inbox:
+        assert [(i.message_id, i.data) for i in inbox.waiting()] == [
+            ("m1", b"one"),
+            ("m2", b"two"),
+        ]
+        inbox.take("m1")
+        assert [i.message_id for i in inbox.waiting()] == ["m2"]
+        assert "m1" in inbox  # taken, still seen
+        assert not inbox.admit("m1", 100, b"one", received=4)
+        # An expired id that still waits is kept: forgetting it would allow a duplicate.
+        assert inbox.purge(now=1000) == 1
+        assert "m1" not in inbox
+        assert "m2" in inbox
+        inbox.take("m2")
+        assert inbox.purge(now=1000) == 1
+        assert len(inbox) == 0
+        assert inbox.seen_count == 0
+
+
+def test_inbox_waiting_bound_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inbox_module, "MAX_WAITING", 1)
+    with Inbox(tmp_path / "i") as inbox:
+        inbox.admit("a", 100, b"x", received=1)
+        with pytest.raises(StoreError) as info:
+            inbox.admit("b", 100, b"y", received=1)
+        assert info.value.code == "full"
+        assert "b" not in inbox  # the failed admit recorded nothing
+        with pytest.raises(StoreError):
+            inbox.admit("c", 100, b"", received=1)
+        with pytest.raises(StoreError):
+            inbox.waiting(limit=0)
