@@ -25,6 +25,9 @@ class AuditKind(StrEnum):
     DIRECTORY_REJECTED = "directory_rejected"
     MODE_CHANGE = "mode_change"
     INCIDENT_CHANGE = "incident_change"
+    OFFICER_QUERY = "officer_query"  # a security officer read the audit trail
+    OFFICER_DENIED = "officer_denied"  # an officer asked for something outside their scope
+    CHECKPOINT = "checkpoint"  # a signed seal over the trail so far (see broker.auditlog)
 
 
 def audit_event(
@@ -41,6 +44,7 @@ def audit_event(
     label: dict[str, object] | None = None,
     priority: str | None = None,
     incident: str | None = None,
+    officer: str | None = None,
     detail: str = "",
 ) -> tuple[str, bytes]:
     """The dedupe id and canonical bytes of one event; ``key`` makes the id unique."""
@@ -59,6 +63,7 @@ def audit_event(
         "label": label,
         "priority": priority,
         "incident": incident,
+        "officer": officer,
         "detail": detail[:500],
     }
     return event_id, canonical.dumps(body)

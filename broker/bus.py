@@ -95,6 +95,13 @@ class PublishRefused(BrokerError):
 
 
 @dataclass(frozen=True)
+class StreamEntry:
+    seq: int
+    subject: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class KvEntry:
     value: bytes
     revision: int
@@ -344,6 +351,53 @@ class JetStreamBus:
         except (*_TRANSPORT_ERRORS, NatsUnavailable):
             return -1
         return int(info.num_pending or 0)
+
+    # --- reading a stream back ------------------------------------------------------------
+
+    async def stream_bounds(self, stream: str) -> tuple[int, int]:
+        """The stream's first and last sequence (``(0, 0)`` or ``(n+1, n)`` when empty)."""
+        try:
+            info = await self._request(self.js.stream_info(stream))
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"stream info {stream} failed: {exc}") from exc
+        return int(info.state.first_seq), int(info.state.last_seq)
+
+    async def read_stream(
+        self, stream: str, subject: str, start_seq: int, limit: int
+    ) -> list[StreamEntry]:
+        """Up to ``limit`` messages at or after ``start_seq``, in stream order.
+
+        Deleted sequences are skipped (callers see the gap in ``StreamEntry.seq``).
+        """
+        entries: list[StreamEntry] = []
+        seq = max(start_seq, 1)
+        try:
+            for _ in range(limit):
+                try:
+                    raw = await self._request(
+                        self.js.get_msg(stream, seq=seq, subject=subject, next=True)
+                    )
+                except nats.js.errors.NotFoundError:
+                    break
+                if raw.seq is None:
+                    break
+                entries.append(StreamEntry(int(raw.seq), raw.subject or "", raw.data or b""))
+                seq = int(raw.seq) + 1
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"reading {stream} from {seq} failed: {exc}") from exc
+        return entries
+
+    async def last_on_subject(self, stream: str, subject: str) -> StreamEntry | None:
+        """The newest message on ``subject`` in ``stream``, or None."""
+        try:
+            raw = await self._request(self.js.get_msg(stream, subject=subject))
+        except nats.js.errors.NotFoundError:
+            return None
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"reading the last {subject} failed: {exc}") from exc
+        if raw.seq is None:
+            return None
+        return StreamEntry(int(raw.seq), raw.subject or "", raw.data or b"")
 
     # --- KV -----------------------------------------------------------------------------
 

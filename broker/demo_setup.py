@@ -38,6 +38,10 @@ def write_region(config: BrokerConfig, region: DemoRegion) -> None:
     # so their encryption key is a throwaway.
     save_identity(keys / "broker.key", Identity(broker.broker, broker.signing, _throwaway()))
     save_identity(keys / "authority.key", Identity("authority", region.authority, _throwaway()))
+    officers = keys / "officers"
+    officers.mkdir(exist_ok=True, mode=0o700)
+    for officer, signing in region.officers.items():
+        save_identity(officers / f"{officer}.key", Identity(officer, signing, _throwaway()))
     (config.directory_dir / "v00000001.dir").write_bytes(region.directory.raw)
     if EXAMPLE_POLICY.exists() and not config.policy_file.exists():
         config.policy_file.write_text(EXAMPLE_POLICY.read_text(encoding="utf-8"), encoding="utf-8")

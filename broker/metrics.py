@@ -220,6 +220,22 @@ class BrokerMetrics:
             ["kind"],
             registry=r,
         )
+        self.audit_checkpoints: Final = Counter(
+            "ssr_broker_audit_checkpoints_total",
+            "Signed checkpoints this broker sealed onto the audit stream.",
+            registry=r,
+        )
+        self.audit_verified: Final = Gauge(
+            "ssr_broker_audit_verified",
+            "1 when the last verification of the audit trail found nothing wrong, 0 when it"
+            " found tampering, -1 before the first verification.",
+            registry=r,
+        )
+        self.audit_sealed_through: Final = Gauge(
+            "ssr_broker_audit_sealed_through",
+            "Last audit stream sequence covered by verified checkpoints.",
+            registry=r,
+        )
         self.nats_connected: Final = Gauge(
             "ssr_broker_nats_connected",
             "1 while the broker's NATS connection is up, else 0.",
@@ -275,6 +291,7 @@ class BrokerMetrics:
         )
 
         self.build_info.labels(version=version).set(1)
+        self.audit_verified.set(-1)
         # Pre-initialise the cheap, closed label sets so rate() and absent() work
         # from the first scrape. Reason codes and classifications are left to use.
         for status in STATUS_LABELS:

@@ -16,20 +16,23 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 
 from broker.core import CoreError, Incident, Mode, verify_directory
+from broker.core.auditchain import AuditChainError
 
 from . import datadir, subjects
+from .auditlog import AuditSealer, AuditWatch, directory_versions, verify_stream
 from .bus import JetStreamBus
 from .config import BrokerConfig
 from .embedded import EmbeddedNats
 from .errors import NatsUnavailable
 from .metrics import BrokerMetrics
-from .router import BrokerState, Router
+from .router import BrokerState, Router, wall_clock_ms
 from .web import HttpServer, make_app
 
 log = logging.getLogger("ssr.service")
@@ -48,6 +51,8 @@ class Service:
         self._stopping = asyncio.Event()
         self._streams_ready = False
         self._busy = False  # the consumer holds a fetched batch
+        self.sealer: AuditSealer | None = None
+        self.audit_watch = AuditWatch()
 
     # --- health (for broker.web) ----------------------------------------------------------
 
@@ -105,6 +110,7 @@ class Service:
             self._streams_ready = True
             state = BrokerState(directory=directory, policy=policy, pinned_authority=pinned)
             self.router = Router(bus=self.bus, state=state, identity=identity, metrics=self.metrics)
+            self.sealer = AuditSealer(self.bus, identity, wall_clock_ms)
             await self._publish_directory_files(datadir.directory_files(config))
             await self.refresh_state()
             submissions = await self.bus.submissions(config)
@@ -124,6 +130,10 @@ class Service:
                 self._every(config.sweep_interval_s, self.refresh_state), name="state"
             ),
             asyncio.create_task(self._follow_mode(), name="mode"),
+            asyncio.create_task(
+                self._every(config.audit_seal_interval_s, self.seal_audit), name="seal"
+            ),
+            asyncio.create_task(self._verify_audit_loop(), name="verify"),
         ]
         log.info("broker %s ready; NATS %s; HTTP %s", identity.broker, self.nats_url, self.http.url)
 
@@ -208,20 +218,59 @@ class Service:
             with contextlib.suppress(Exception):  # a lost ack means a deduplicated retry
                 await msg.ack()
 
-    async def _every(self, seconds: float, job: object) -> None:
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
         while not self._stopping.is_set():
             await asyncio.sleep(seconds)
-            try:
-                await job()  # type: ignore[operator]
-            except NatsUnavailable as exc:
-                log.warning("%s", exc.message)
-            except Exception:
-                log.exception("periodic job failed")
-                self.metrics.count_error("sweep")
+            await self._guarded(job)
+
+    async def _guarded(self, job: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await job()
+        except NatsUnavailable as exc:
+            log.warning("%s", exc.message)
+        except Exception:
+            log.exception("periodic job failed")
+            self.metrics.count_error("sweep")
 
     async def _sweep(self) -> None:
         assert self.router is not None
         await self.router.sweep()
+
+    # --- the audit trail -----------------------------------------------------------------
+
+    async def seal_audit(self) -> None:
+        """Seal new audit events (``broker.auditlog``); a gap in the stream is an alarm."""
+        assert self.sealer is not None
+        for _ in range(64):  # catch up a backlog, bounded per round
+            try:
+                checkpoint = await self.sealer.seal()
+            except AuditChainError as exc:
+                log.error("audit trail cannot be sealed: %s", exc.message)
+                self.metrics.audit_verified.set(0)
+                return
+            if checkpoint is None:
+                return
+            self.metrics.audit_checkpoints.inc()
+            if checkpoint.last - checkpoint.first + 1 < self.sealer.max_leaves:
+                return
+
+    async def verify_audit(self) -> None:
+        """Verify the whole stored trail and publish the outcome (metrics, officers' API)."""
+        assert self.bus is not None
+        assert self.router is not None
+        versions = await directory_versions(self.bus, self.router.state.pinned_authority)
+        report = await verify_stream(self.bus, versions or [self.router.state.directory])
+        self.audit_watch.report = report
+        self.audit_watch.checked_at = wall_clock_ms()
+        self.metrics.audit_verified.set(1 if report.verified else 0)
+        self.metrics.audit_sealed_through.set(report.sealed_through)
+        for finding in report.findings[:20]:
+            log.error("audit trail: %s at %s: %s", finding.problem, finding.seq, finding.detail)
+
+    async def _verify_audit_loop(self) -> None:
+        await asyncio.sleep(min(5.0, self.config.audit_verify_interval_s))
+        await self._guarded(self.verify_audit)
+        await self._every(self.config.audit_verify_interval_s, self.verify_audit)
 
     async def _nats_state(self, state: str) -> None:
         if state == "disconnected":

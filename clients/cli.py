@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clients.cli_messages import add_message_verbs
 
     add_message_verbs(parser, commands)
+    from clients.cli_audit import add_audit_verbs
+
+    add_audit_verbs(commands)
     return parser
 
 

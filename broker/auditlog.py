@@ -1,0 +1,446 @@
+"""The audit trail's tamper evidence in the service: sealing, verifying, exporting.
+
+- :class:`AuditSealer` seals new events on the ``SSR_AUDIT`` stream with a signed
+  checkpoint (``broker.core.auditchain``). Several brokers may run it: the latest
+  checkpoint lives under ``audit.checkpoint`` in the state bucket, and only the
+  broker whose compare-and-set wins publishes the next one (``ssr.audit.checkpoint``).
+  A checkpoint that won in the bucket but was never published (a crash in between)
+  is published by the next sealer.
+- :func:`verify_stream` reads the stream back and checks it against its
+  checkpoints and the latest one in the bucket (which a truncation of the stream
+  does not reach). :class:`AuditWatch` does that incrementally for ``/readyz``-style
+  status, metrics and the officers' API.
+- :func:`build_export` / :func:`verify_export`: a signed file holding a part of the
+  trail (a period, optionally one actor's events; the others redacted to their
+  sealed leaves), the checkpoints that seal it and the directory versions whose
+  broker keys signed them, so it verifies on another machine without network,
+  given only the pinned authority key.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.core import CoreError, VerifiedDirectory, canonical, crypto, verify_chain
+from broker.core.auditchain import (
+    CHECKPOINT_KIND,
+    MAX_LEAVES,
+    AuditChainError,
+    Checkpoint,
+    Finding,
+    TrailReport,
+    make_checkpoint,
+    parse_checkpoint,
+    verify_checkpoint,
+    verify_trail,
+)
+from broker.core.directory import PrincipalKind
+from broker.core.notices import BrokerIdentity
+
+from . import subjects
+from .bus import JetStreamBus, KvConflict
+
+log = logging.getLogger("ssr.audit")
+
+CHECKPOINT_KEY = "audit.checkpoint"
+CHECKPOINT_SUBJECT = subjects.audit_subject(CHECKPOINT_KIND)
+EXPORT_KIND = "ssr-audit-export"
+MAX_EXPORT_BYTES = 512 * 1024 * 1024
+READ_BATCH = 1000
+
+
+# --- sealing ------------------------------------------------------------------------------
+
+
+class AuditSealer:
+    """Seals the audit stream, one checkpoint of at most ``max_leaves`` events per call."""
+
+    def __init__(
+        self,
+        bus: JetStreamBus,
+        identity: BrokerIdentity,
+        clock: Callable[[], int],
+        *,
+        max_leaves: int = MAX_LEAVES,
+    ) -> None:
+        self.bus = bus
+        self.identity = identity
+        self.clock = clock
+        self.max_leaves = max_leaves
+
+    async def latest(self) -> tuple[Checkpoint | None, int | None]:
+        """The latest checkpoint in the state bucket and its revision."""
+        entry = await self.bus.kv_get(subjects.STATE_BUCKET, CHECKPOINT_KEY)
+        if entry is None:
+            return None, None
+        return parse_checkpoint(entry.value), entry.revision
+
+    async def seal(self) -> Checkpoint | None:
+        """Seal what is new; returns the checkpoint, or None (nothing new, or another
+        broker sealed first). Raises :class:`AuditChainError` when the stream has a gap
+        where events should be (someone deleted them): sealing stops there, loudly."""
+        latest, revision = await self.latest()
+        await self._publish_if_missing(latest)
+        start = 1 if latest is None else latest.last + 1
+        _, last_seq = await self.bus.stream_bounds(subjects.AUDIT_STREAM)
+        if last_seq < start:
+            return None
+        count = min(self.max_leaves, last_seq - start + 1)
+        entries = await self.bus.read_stream(
+            subjects.AUDIT_STREAM, subjects.AUDIT_WILDCARD, start, count
+        )
+        checkpoint = make_checkpoint(
+            [(e.seq, e.data) for e in entries],
+            after=latest,
+            at=self.clock(),
+            broker=self.identity.broker,
+            signer=self.identity.signing,
+        )
+        try:
+            if revision is None:
+                await self.bus.kv_create(subjects.STATE_BUCKET, CHECKPOINT_KEY, checkpoint.raw)
+            else:
+                await self.bus.kv_update(
+                    subjects.STATE_BUCKET, CHECKPOINT_KEY, checkpoint.raw, revision
+                )
+        except KvConflict:
+            return None  # another broker sealed this range first
+        await self._publish(checkpoint)
+        return checkpoint
+
+    async def _publish_if_missing(self, latest: Checkpoint | None) -> None:
+        if latest is None:
+            return
+        found = await self.bus.last_on_subject(subjects.AUDIT_STREAM, CHECKPOINT_SUBJECT)
+        if found is not None:
+            try:
+                if parse_checkpoint(found.data).number >= latest.number:
+                    return
+            except AuditChainError:
+                pass  # verification reports it; publish the real one after it
+        log.warning("checkpoint %d was sealed but not published; publishing it", latest.number)
+        await self._publish(latest)
+
+    async def _publish(self, checkpoint: Checkpoint) -> None:
+        await self.bus.publish(
+            CHECKPOINT_SUBJECT, checkpoint.raw, msg_id=f"a.checkpoint.{checkpoint.number}"
+        )
+
+
+# --- verifying ----------------------------------------------------------------------------
+
+
+async def read_trail(
+    bus: JetStreamBus, start_seq: int = 1, *, limit: int | None = None
+) -> list[tuple[int, bytes | None]]:
+    """Every stored audit event from ``start_seq`` on, in stream order."""
+    entries: list[tuple[int, bytes | None]] = []
+    seq = start_seq
+    while limit is None or len(entries) < limit:
+        batch = await bus.read_stream(
+            subjects.AUDIT_STREAM, subjects.AUDIT_WILDCARD, seq, READ_BATCH
+        )
+        if not batch:
+            break
+        entries.extend((e.seq, e.data) for e in batch)
+        seq = batch[-1].seq + 1
+    return entries
+
+
+async def directory_versions(bus: JetStreamBus, pinned: bytes) -> list[VerifiedDirectory]:
+    """Every directory version in the bucket that chains from version 1, oldest first."""
+    raws: list[bytes] = []
+    while True:
+        entry = await bus.kv_get(subjects.DIRECTORY_BUCKET, subjects.directory_key(len(raws) + 1))
+        if entry is None:
+            break
+        raws.append(entry.value)
+    return verified_versions(raws, pinned)
+
+
+def verified_versions(raws: Sequence[bytes], pinned: bytes) -> list[VerifiedDirectory]:
+    versions: list[VerifiedDirectory] = []
+    for count in range(1, len(raws) + 1):
+        try:
+            versions.append(verify_chain(raws[:count], pinned=pinned))
+        except CoreError:
+            break
+    return versions
+
+
+async def verify_stream(bus: JetStreamBus, directories: Sequence[VerifiedDirectory]) -> TrailReport:
+    """Check the whole stored trail against its checkpoints and the bucket's latest one."""
+    entries = await read_trail(bus)
+    found = await bus.kv_get(subjects.STATE_BUCKET, CHECKPOINT_KEY)
+    expected = None
+    if found is not None:
+        try:
+            latest = parse_checkpoint(found.value)
+            expected = {"number": latest.number, "hash": latest.hash}
+        except AuditChainError:
+            return _with(
+                verify_trail(entries, directories),
+                Finding(
+                    None,
+                    "checkpoint_invalid",
+                    "the latest checkpoint in the state bucket is unreadable",
+                ),
+            )
+    return verify_trail(entries, directories, expected=expected)
+
+
+def _with(report: TrailReport, finding: Finding) -> TrailReport:
+    return TrailReport(
+        report.events, report.checkpoints, report.sealed_through, report.unsealed,
+        (*report.findings, finding), report.latest,
+    )  # fmt: skip
+
+
+@dataclass
+class AuditWatch:
+    """The latest verification of the trail, as the officers' API and metrics show it."""
+
+    report: TrailReport | None = None
+    checked_at: int | None = None
+    error: str | None = None
+
+    def status(self) -> dict[str, Any]:
+        report = self.report
+        return {
+            "verified": None if report is None else report.verified,
+            "checked_at": self.checked_at,
+            "events": 0 if report is None else report.events,
+            "sealed_through": 0 if report is None else report.sealed_through,
+            "findings": [] if report is None else [f.as_dict() for f in report.findings],
+        }
+
+
+# --- exports ------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("not a base64 string")
+    return base64.b64decode(text, validate=True)
+
+
+def _event_fields(data: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _selected(data: bytes, start: int, end: int, actor: str | None) -> bool:
+    doc = _event_fields(data)
+    if doc is None or doc.get("kind") == CHECKPOINT_KIND:
+        return False
+    at = doc.get("at")
+    if not isinstance(at, int) or not start <= at < end:
+        return False
+    if actor is None:
+        return True
+    recipients = doc.get("recipients")
+    return doc.get("actor") == actor or (isinstance(recipients, list) and actor in recipients)
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    selected: int  # events matching the filter, included in full
+    redacted: int  # other sealed events in the covered range, as leaves only
+    unsealed_left_out: int  # matching events not sealed yet: not exported
+    first_seq: int
+    last_seq: int
+
+
+def build_export(
+    entries: Sequence[tuple[int, bytes | None]],
+    *,
+    directories: Sequence[VerifiedDirectory],
+    start: int,
+    end: int,
+    actor: str | None,
+    identity: BrokerIdentity,
+    at: int,
+) -> tuple[bytes, ExportSummary]:
+    """A signed export of the sealed events with ``start <= at < end`` (epoch ms),
+    those concerning ``actor`` if given; other events in the covered range are redacted."""
+    stored = {seq: data for seq, data in entries if data is not None}
+    checkpoints: dict[int, Checkpoint] = {}
+    position: dict[int, int] = {}
+    for seq, data in stored.items():
+        if b'"kind":"checkpoint"' in data[:4096]:
+            try:
+                checkpoint = verify_checkpoint(data, directories)
+            except AuditChainError:
+                continue
+            checkpoints[checkpoint.number] = checkpoint
+            position[checkpoint.number] = seq
+    chosen = [seq for seq, data in stored.items() if _selected(data, start, end, actor)]
+    sealed_through = max((c.last for c in checkpoints.values()), default=0)
+    sealed = [seq for seq in chosen if seq <= sealed_through]
+    covering = sorted(
+        (
+            c
+            for c in checkpoints.values()
+            if sealed and c.last >= min(sealed) and c.first <= max(sealed)
+        ),
+        key=lambda c: c.number,
+    )
+    out_entries: list[list[Any]] = []
+    first_seq = last_seq = 0
+    if covering:
+        first_seq, last_seq = covering[0].first, covering[-1].last
+        keep = set(sealed) | {position[c.number] for c in covering}
+        tail = max(position[c.number] for c in covering)
+        for seq in range(first_seq, max(last_seq, tail) + 1):
+            event = stored.get(seq)
+            if event is None:
+                continue  # a gap in the stream: the export shows it as deleted
+            out_entries.append([seq, _b64(event) if seq in keep else None])
+    before = checkpoints.get(covering[0].number - 1) if covering else None
+    expected = {"number": covering[-1].number, "hash": covering[-1].hash} if covering else None
+    body = {
+        "v": 1,
+        "kind": EXPORT_KIND,
+        "exported_at": at,
+        "broker": identity.broker,
+        "signer_key": identity.signing.key_id,
+        "filter": {"from": start, "to": end, "actor": actor},
+        "directory": [_b64(d.raw) for d in directories],
+        "start": None if before is None else _b64(before.raw),
+        "expected": expected,
+        "entries": out_entries,
+    }
+    signature = identity.signing.sign(canonical.dumps(body)).hex()
+    summary = ExportSummary(
+        selected=len(sealed),
+        redacted=sum(1 for _, d in out_entries if d is None),
+        unsealed_left_out=len(chosen) - len(sealed),
+        first_seq=first_seq,
+        last_seq=last_seq,
+    )
+    return canonical.dumps(body | {"signature": signature}), summary
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    trail: TrailReport | None
+    findings: tuple[Finding, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verified(self) -> bool:
+        return not self.findings and self.trail is not None and self.trail.verified
+
+    def as_dict(self) -> dict[str, Any]:
+        trail = self.trail.as_dict() if self.trail is not None else {}
+        findings = [f.as_dict() for f in self.findings] + trail.get("findings", [])
+        return {**trail, **self.meta, "verified": self.verified, "findings": findings}
+
+
+def _require(condition: object) -> None:
+    if not condition:
+        raise ValueError("unexpected structure")
+
+
+def verify_export(data: bytes, pinned: bytes) -> ExportReport:
+    """Verify an export offline with only the pinned authority public key."""
+
+    def broken(problem: str, detail: str) -> ExportReport:
+        return ExportReport(None, (Finding(None, problem, detail),))
+
+    if len(data) > MAX_EXPORT_BYTES:
+        return broken("export_invalid", f"larger than {MAX_EXPORT_BYTES} bytes")
+    try:
+        doc = json.loads(data)
+        _require(isinstance(doc, dict) and doc.get("kind") == EXPORT_KIND and doc.get("v") == 1)
+        signature = bytes.fromhex(str(doc.pop("signature")))
+        raws = [_unb64(x) for x in doc["directory"]]
+        rows = doc["entries"]
+        _require(isinstance(rows, list))
+        entries: list[tuple[int, bytes | None]] = []
+        for row in rows:
+            _require(isinstance(row, list) and len(row) == 2)
+            seq, value = row
+            _require(isinstance(seq, int) and not isinstance(seq, bool) and seq >= 1)
+            entries.append((seq, None if value is None else _unb64(value)))
+        start_raw = None if doc.get("start") is None else _unb64(doc["start"])
+        expected = doc.get("expected")
+        _require(expected is None or isinstance(expected, dict))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        return broken("export_invalid", f"not an ssr audit export: {exc or type(exc).__name__}")
+    directories = verified_versions(raws, pinned)
+    if not directories:
+        return broken(
+            "export_directory",
+            "the directory in the export does not verify against the pinned authority key",
+        )
+    findings: list[Finding] = []
+    if len(directories) < len(raws):
+        findings.append(
+            Finding(None, "export_directory", "a directory version in the export does not chain")
+        )
+    signer = next(
+        (
+            s
+            for d in directories
+            if (s := d.signer(str(doc.get("signer_key")))) is not None
+            and s.kind is PrincipalKind.BROKER
+            and s.principal == doc.get("broker")
+        ),
+        None,
+    )
+    try:
+        if signer is None:
+            raise crypto.CryptoFailure
+        crypto.verify(signer.record.raw, canonical.dumps(doc), signature)
+    except (crypto.CryptoFailure, CoreError, ValueError):
+        findings.append(
+            Finding(
+                None,
+                "export_signature",
+                "the export's signature does not verify: the file was changed",
+            )
+        )
+    start = None
+    if start_raw is not None:
+        try:
+            start = verify_checkpoint(start_raw, directories)
+        except AuditChainError as exc:
+            findings.append(
+                Finding(None, exc.code, f"the export's starting checkpoint: {exc.message}")
+            )
+    report = verify_trail(entries, directories, expected=expected, start=start)
+    meta = {
+        "filter": doc.get("filter"),
+        "broker": doc.get("broker"),
+        "exported_at": doc.get("exported_at"),
+    }
+    return ExportReport(report, tuple(findings), meta)
+
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "CHECKPOINT_SUBJECT",
+    "AuditSealer",
+    "AuditWatch",
+    "ExportReport",
+    "ExportSummary",
+    "build_export",
+    "directory_versions",
+    "read_trail",
+    "verified_versions",
+    "verify_export",
+    "verify_stream",
+]
