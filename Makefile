@@ -44,4 +44,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/core_costs.py
 
 clean:
-	rm -rf $(VENV) .coverage .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .coverage .mypy_cache .pytest_cache .ruff_cache tests/artifacts

@@ -30,6 +30,13 @@ class AuditKind(StrEnum):
     CHECKPOINT = "checkpoint"  # a signed seal over the trail so far (see broker.auditlog)
 
 
+EVENT_FIELDS = (
+    "v", "id", "kind", "at", "broker", "actor", "message", "reason", "recipients", "status",
+    "label", "priority", "incident", "officer", "detail",
+)  # fmt: skip
+"""Every field of an audit event, in the order ``audit_event`` writes them."""
+
+
 def audit_event(
     kind: AuditKind,
     *,

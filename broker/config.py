@@ -10,6 +10,7 @@ Data folder layout (``ssr up`` creates it for the demo region):
     <data_dir>/keys/broker.key      the broker's secret key file (mode 600)
     <data_dir>/policy.toml          the policy (optional; default policy otherwise)
     <data_dir>/nats/                embedded nats-server store (when no NATS URL is set)
+    <data_dir>/audit-index.sqlite   queryable index of the audit stream (rebuilt when missing)
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ class BrokerConfig:
     @property
     def policy_file(self) -> Path:
         return self.data_dir / "policy.toml"
+
+    @property
+    def audit_index_file(self) -> Path:
+        """The queryable index of the audit stream (rebuilt from the stream when missing)."""
+        return self.data_dir / "audit-index.sqlite"
 
     @property
     def nats_dir(self) -> Path:

@@ -192,7 +192,7 @@ class Router:
             header_hash=decision.envelope.header_hash,
             recipients=header.recipients,
         )
-        await self._audit(
+        await self.audit(
             AuditKind.ACCEPTED,
             key=header.id,
             actor=actor,
@@ -320,7 +320,7 @@ class Router:
             self.state.mode = header.control.mode
             self.state.changes += 1
             self.metrics.set_mode(header.control.mode.value)
-            await self._audit(
+            await self.audit(
                 AuditKind.MODE_CHANGE,
                 key=header.id,
                 actor=header.sender,
@@ -345,7 +345,7 @@ class Router:
         self.state.incidents[incident.id] = incident
         self.state.changes += 1
         self.metrics.open_incidents.set(sum(i.is_open for i in self.state.incidents.values()))
-        await self._audit(
+        await self.audit(
             AuditKind.INCIDENT_CHANGE,
             key=header.id,
             actor=header.sender,
@@ -393,7 +393,7 @@ class Router:
             recipients=recipients,
             detail=detail,
         )
-        await self._audit(
+        await self.audit(
             kind,
             key=submission,
             actor=actor,
@@ -449,7 +449,7 @@ class Router:
         )
         if recorded:
             self.metrics.receipts.labels(kind=body.kind.value, status=header.status.value).inc()
-        await self._audit(
+        await self.audit(
             AuditKind.RECEIPT,
             key=f"{body.message}.{body.recipient}.{body.kind.value}",
             actor=actor,
@@ -493,7 +493,7 @@ class Router:
             key=f"directory.{new.version}.accepted",
             detail=f"directory version {new.version}",
         )
-        await self._audit(
+        await self.audit(
             AuditKind.DIRECTORY_CHANGE,
             key=new.hash,
             actor=actor,
@@ -530,7 +530,7 @@ class Router:
                 recipients=missing,
                 detail="delivery not confirmed by the deadline",
             )
-            await self._audit(
+            await self.audit(
                 AuditKind.ESCALATION,
                 key=header.id,
                 actor=header.sender,
@@ -596,7 +596,7 @@ class Router:
         await self.bus.publish(subjects.deliver_subject(to), notice, msg_id=f"n.{key}")
         self.metrics.notices.labels(kind=kind.value).inc()
 
-    async def _audit(self, kind: AuditKind, *, key: str, actor: str | None, **fields: Any) -> None:
+    async def audit(self, kind: AuditKind, *, key: str, actor: str | None, **fields: Any) -> None:
         event_id, body = audit_event(
             kind, at=self.clock(), broker=self.identity.broker, key=key, actor=actor, **fields
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -22,16 +23,21 @@ from types import TracebackType
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 
-from broker.core import CoreError, Incident, Mode, verify_directory
+from broker.core import CoreError, Incident, Mode, VerifiedDirectory, verify_directory
 from broker.core.auditchain import AuditChainError
+from broker.core.notices import BrokerIdentity
 
 from . import datadir, subjects
+from .audit import AuditKind
+from .audit_index import AuditFollower, AuditIndex
 from .auditlog import AuditSealer, AuditWatch, directory_versions, verify_stream
 from .bus import JetStreamBus
 from .config import BrokerConfig
+from .console import add_console_routes
 from .embedded import EmbeddedNats
 from .errors import NatsUnavailable
 from .metrics import BrokerMetrics
+from .officer_api import OfficerContext, add_officer_routes
 from .router import BrokerState, Router, wall_clock_ms
 from .web import HttpServer, make_app
 
@@ -52,6 +58,7 @@ class Service:
         self._streams_ready = False
         self._busy = False  # the consumer holds a fetched batch
         self.sealer: AuditSealer | None = None
+        self.audit_index: AuditIndex | None = None
         self.audit_watch = AuditWatch()
 
     # --- health (for broker.web) ----------------------------------------------------------
@@ -116,9 +123,11 @@ class Service:
             submissions = await self.bus.submissions(config)
             # HTTP before the loops, and inside this block: a port already in use must not
             # leave a half-started broker routing (and an embedded nats-server orphaned).
-            self.http = HttpServer(
-                make_app(self.metrics, self), host=config.http_host, port=config.http_port
-            )
+            self.audit_index = AuditIndex(config.audit_index_file)
+            app = make_app(self.metrics, self)
+            add_officer_routes(app, self._officer_context(identity))
+            add_console_routes(app)
+            self.http = HttpServer(app, host=config.http_host, port=config.http_port)
             await self.http.start()
         except BaseException:
             await self.stop()
@@ -134,6 +143,9 @@ class Service:
                 self._every(config.audit_seal_interval_s, self.seal_audit), name="seal"
             ),
             asyncio.create_task(self._verify_audit_loop(), name="verify"),
+            asyncio.create_task(
+                AuditFollower(self.bus, self.audit_index).run(self._stopping), name="index"
+            ),
         ]
         log.info("broker %s ready; NATS %s; HTTP %s", identity.broker, self.nats_url, self.http.url)
 
@@ -157,6 +169,9 @@ class Service:
         self._tasks = []
         if self.http is not None:
             await self.http.stop()
+        if self.audit_index is not None:
+            self.audit_index.close()
+            self.audit_index = None
         if self.bus is not None:
             await self.bus.close()
             self.metrics.nats_connected.set(0)
@@ -237,6 +252,47 @@ class Service:
         await self.router.sweep()
 
     # --- the audit trail -----------------------------------------------------------------
+
+    def _officer_context(self, identity: BrokerIdentity) -> OfficerContext:
+        assert self.bus is not None
+        assert self.router is not None
+        assert self.audit_index is not None
+        bus, state = self.bus, self.router.state
+
+        async def versions() -> list[VerifiedDirectory]:
+            return await directory_versions(bus, state.pinned_authority) or [state.directory]
+
+        return OfficerContext(
+            index=self.audit_index,
+            identity=identity,
+            policy=state.policy,
+            directory=lambda: state.directory,
+            directory_versions=versions,
+            audit=self._officer_audit,
+            audit_status=self.audit_watch.status,
+            clock=wall_clock_ms,
+        )
+
+    async def _officer_audit(
+        self,
+        kind: AuditKind,
+        *,
+        officer: str,
+        actor: str | None = None,
+        message: str | None = None,
+        detail: str = "",
+    ) -> None:
+        """Every officer query is an audit event of its own (a fresh key: two identical
+        queries are two events, not one deduplicated)."""
+        assert self.router is not None
+        await self.router.audit(
+            kind,
+            key=secrets.token_hex(16),
+            actor=actor,
+            officer=officer,
+            message=message,
+            detail=detail,
+        )
 
     async def seal_audit(self) -> None:
         """Seal new audit events (``broker.auditlog``); a gap in the stream is an alarm."""

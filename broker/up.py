@@ -50,10 +50,13 @@ async def up(config: BrokerConfig, *, demo: bool = True, once: bool = False) -> 
             "\nwhere to look:\n"
             f"  {service.http.url}/metrics   Prometheus metrics (ssr_broker_*)\n"
             f"  {service.http.url}/readyz    readiness\n"
+            f"  {service.http.url}/console/  security officers' console (officer keys in"
+            f" {config.data_dir}/keys/officers/)\n"
             f"  {config.data_dir}/           keys, signed directory, policy, NATS store\n"
             f"  ssr --demo-dir {config.data_dir} send --actor nacka --to solna --label INTERN"
             " --tlp GREEN --text hej      (see docs/integrating.md)\n"
-            "  audit events are on the stream SSR_AUDIT (subjects ssr.audit.*)\n"
+            "  audit events are on the stream SSR_AUDIT, sealed with signed checkpoints:"
+            f" ssr audit verify --data-dir {config.data_dir}\n"
         )
         if not once:
             print("Ctrl-C stops everything.")

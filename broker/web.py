@@ -13,6 +13,10 @@ Routes:
 - ``GET /readyz``  — 200 with the named checks when all pass, else 503 with them.
 - ``GET /metrics`` — the Prometheus text exposition.
 
+The service adds the security officers' access-review API under ``/api/v1/``
+(``broker.officer_api``, described by ``GET /api/v1/openapi.json``) and their
+web console under ``/console/`` (``broker.console``).
+
 Example::
 
     app = make_app(metrics, health)

@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clients.cli_audit import add_audit_verbs
 
     add_audit_verbs(commands)
+    from clients.cli_officer import add_officer_verbs
+
+    add_officer_verbs(commands)
     return parser
 
 
