@@ -55,7 +55,7 @@ from broker.core.policy import Policy
 from broker.core.wire import SLUG_PATTERN
 
 from .audit import AuditKind
-from .audit_index import AuditIndex
+from .audit_index import AuditIndex, concerns
 from .errors import BrokerError
 from .officer_auth import AuthError, Session, issue_challenge, redeem, verify_token
 from .openapi import openapi_document
@@ -274,6 +274,23 @@ def _concerns_trace(trace: Mapping[str, Any], actor: str) -> bool:
     return any(actor in (refusal.get("recipients") or ()) for refusal in trace.get("refusals", ()))
 
 
+def _scoped_trace(trace: dict[str, Any], actor: str) -> dict[str, Any]:
+    """What an actor's officer sees of a message their actor did not send: the header
+    fields every recipient sees, and only their own actor's receipts, escalation,
+    refusals and events (not the other recipients')."""
+    if trace.get("sender") == actor:
+        return trace
+    receipts = trace.get("receipts") or {}
+    mine = [r for r in trace.get("refusals", ()) if actor in (r.get("recipients") or ())]
+    return trace | {
+        "receipts": {r: v for r, v in receipts.items() if r == actor},
+        "escalated": [r for r in trace.get("escalated", ()) if r == actor],
+        "refusals": mine,
+        "refusals_total": len(mine),
+        "events": [e for e in trace.get("events", ()) if concerns(e, actor)],
+    }
+
+
 def _request_line(request: web.Request) -> str:
     """Method, path and query as received, bounded, safe for canonical JSON."""
     line = f"{request.method} {request.raw_path}"
@@ -411,6 +428,8 @@ class _OfficerApi:
         await self._audited(request, session, actor=session.scope, message=message_id)
         if trace is None:
             raise not_found
+        if session.scope is not None:
+            trace = _scoped_trace(trace, session.scope)
         return web.json_response(trace)
 
     async def _scoped_actor(

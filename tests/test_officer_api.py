@@ -587,6 +587,27 @@ async def test_nacka_sees_its_traffic_and_refusals(world: World) -> None:
     world.expect_query(since, NACKA, "nacka", path)
 
 
+async def test_a_recipients_officer_sees_only_its_own_part_of_a_trace(world: World) -> None:
+    """Nacka was one of two recipients: its officer sees the header, not Södertälje's
+    receipt or escalation; the regional officer sees both."""
+    last = world.index.last_seq()
+    world.index.add([
+        (last + 1, receipt(M_TO_NACKA, "sodertalje", NOW - 3 * DAY + 2000)),
+        (last + 2, event(AuditKind.ESCALATION, NOW - 2 * DAY, f"{M_TO_NACKA}.e", "stockholm",
+                         message=M_TO_NACKA, recipients=("sodertalje",))),
+    ])  # fmt: skip
+    path = f"{API}/messages/{M_TO_NACKA}"
+    mine = (await world.api.get(path, await world.token(NACKA))).body
+    assert mine["recipients"] == ["nacka", "sodertalje"]
+    assert set(mine["receipts"]) == {"nacka"}
+    assert mine["escalated"] == []
+    assert all("sodertalje" not in e["recipients"] or "nacka" in e["recipients"]
+               for e in mine["events"] if e["actor"] != "nacka")  # fmt: skip
+    everything = (await world.api.get(path, await world.token(REGIONAL))).body
+    assert set(everything["receipts"]) == {"nacka", "sodertalje"}
+    assert everything["escalated"] == ["sodertalje"]
+
+
 async def test_nacka_is_refused_solna_with_403_and_an_audited_denial(world: World) -> None:
     token = await world.token(NACKA)
     for path in (
