@@ -22,11 +22,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.core import CoreError, VerifiedDirectory, canonical, crypto, verify_chain
+from broker.core import CoreError, VerifiedDirectory, canonical, crypto, verify_directory
 from broker.core.auditchain import (
     CHECKPOINT_KIND,
     MAX_LEAVES,
@@ -34,12 +34,12 @@ from broker.core.auditchain import (
     Checkpoint,
     Finding,
     TrailReport,
+    broker_key,
     make_checkpoint,
     parse_checkpoint,
     verify_checkpoint,
     verify_trail,
 )
-from broker.core.directory import PrincipalKind
 from broker.core.notices import BrokerIdentity
 
 from . import subjects
@@ -65,11 +65,13 @@ class AuditSealer:
         bus: JetStreamBus,
         identity: BrokerIdentity,
         clock: Callable[[], int],
+        directory: Callable[[], VerifiedDirectory],
         *,
         max_leaves: int = MAX_LEAVES,
     ) -> None:
         self.bus = bus
         self.identity = identity
+        self.directory = directory
         self.clock = clock
         self.max_leaves = max_leaves
 
@@ -94,10 +96,25 @@ class AuditSealer:
         entries = await self.bus.read_stream(
             subjects.AUDIT_STREAM, subjects.AUDIT_WILDCARD, start, count
         )
+        contiguous = [(e.seq, e.data) for i, e in enumerate(entries) if e.seq == start + i]
+        if len(contiguous) < len(entries) or (entries and entries[0].seq != start):
+            missing = start + len(contiguous)
+            if not contiguous:
+                raise AuditChainError(
+                    f"audit event {missing} is missing from the stream: sealing stops here",
+                    code="checkpoint_gap",
+                )
+            log.error("audit event %d is missing: sealing up to it, then stopping", missing)
+        now = self.clock()
+        signer = self.directory().signer(self.identity.signing.key_id)
+        if signer is None or not signer.record.usable_at(now) or signer.record.revoked_by(now):
+            raise AuditChainError(
+                "this broker's key is not usable now: it must not seal", code="sealer_key_invalid"
+            )
         checkpoint = make_checkpoint(
-            [(e.seq, e.data) for e in entries],
+            contiguous,
             after=latest,
-            at=self.clock(),
+            at=now,
             broker=self.identity.broker,
             signer=self.identity.signing,
         )
@@ -164,10 +181,12 @@ async def directory_versions(bus: JetStreamBus, pinned: bytes) -> list[VerifiedD
 
 
 def verified_versions(raws: Sequence[bytes], pinned: bytes) -> list[VerifiedDirectory]:
+    """The versions that chain from the first one, oldest first (stops at the first break)."""
     versions: list[VerifiedDirectory] = []
-    for count in range(1, len(raws) + 1):
+    for raw in raws:
         try:
-            versions.append(verify_chain(raws[:count], pinned=pinned))
+            previous = versions[-1] if versions else None
+            versions.append(verify_directory(raw, pinned=pinned, previous=previous))
         except CoreError:
             break
     return versions
@@ -175,8 +194,11 @@ def verified_versions(raws: Sequence[bytes], pinned: bytes) -> list[VerifiedDire
 
 async def verify_stream(bus: JetStreamBus, directories: Sequence[VerifiedDirectory]) -> TrailReport:
     """Check the whole stored trail against its checkpoints and the bucket's latest one."""
-    entries = await read_trail(bus)
+    # The bucket first: a checkpoint sealed while the stream is read is then in the stream
+    # read, not only in the bucket (which would look like a truncation).
     found = await bus.kv_get(subjects.STATE_BUCKET, CHECKPOINT_KEY)
+    _, through = await bus.stream_bounds(subjects.AUDIT_STREAM)
+    entries = await read_trail(bus)
     expected = None
     if found is not None:
         try:
@@ -191,7 +213,7 @@ async def verify_stream(bus: JetStreamBus, directories: Sequence[VerifiedDirecto
                     "the latest checkpoint in the state bucket is unreadable",
                 ),
             )
-    return verify_trail(entries, directories, expected=expected)
+    return verify_trail(entries, directories, expected=expected, through=through)
 
 
 def _with(report: TrailReport, finding: Finding) -> TrailReport:
@@ -207,16 +229,29 @@ class AuditWatch:
 
     report: TrailReport | None = None
     checked_at: int | None = None
-    error: str | None = None
+    seal_error: str | None = None  # sealing stopped (a gap, an unusable key): an alarm until fixed
+
+    @property
+    def verified(self) -> bool | None:
+        if self.report is None:
+            return None if self.seal_error is None else False
+        return self.report.verified and self.seal_error is None
 
     def status(self) -> dict[str, Any]:
         report = self.report
+        findings = [] if report is None else [f.as_dict() for f in report.findings]
+        if self.seal_error is not None:
+            findings.append({"seq": None, "problem": "sealing_stopped", "detail": self.seal_error})
+        latest = None if report is None or report.latest is None else report.latest
         return {
-            "verified": None if report is None else report.verified,
+            "verified": self.verified,
             "checked_at": self.checked_at,
             "events": 0 if report is None else report.events,
             "sealed_through": 0 if report is None else report.sealed_through,
-            "findings": [] if report is None else [f.as_dict() for f in report.findings],
+            "latest_checkpoint": None
+            if latest is None
+            else {"number": latest.number, "hash": latest.hash},
+            "findings": findings,
         }
 
 
@@ -254,6 +289,20 @@ def _selected(data: bytes, start: int, end: int, actor: str | None) -> bool:
     return doc.get("actor") == actor or (isinstance(recipients, list) and actor in recipients)
 
 
+class ExportRefused(AuditChainError):
+    """The trail does not verify: no export is made of it (``report`` says why)."""
+
+    code = "export_refused"
+
+    def __init__(self, report: TrailReport) -> None:
+        first = report.findings[0]
+        super().__init__(
+            f"the audit trail does not verify ({len(report.findings)} finding(s), first:"
+            f" {first.problem} at {first.seq}): fix or investigate it before exporting"
+        )
+        self.report = report
+
+
 @dataclass(frozen=True)
 class ExportSummary:
     selected: int  # events matching the filter, included in full
@@ -272,9 +321,18 @@ def build_export(
     actor: str | None,
     identity: BrokerIdentity,
     at: int,
+    expected_latest: Mapping[str, Any] | None = None,
 ) -> tuple[bytes, ExportSummary]:
     """A signed export of the sealed events with ``start <= at < end`` (epoch ms),
-    those concerning ``actor`` if given; other events in the covered range are redacted."""
+    those concerning ``actor`` if given; other events in the covered range are redacted.
+
+    The whole trail is verified first and an export of a broken trail is refused
+    (:class:`ExportRefused`): a redacted event cannot be checked by the reader, so the
+    exporting broker vouches, by signing, that every event it redacted was sealed intact.
+    """
+    report = verify_trail(entries, directories, expected=expected_latest)
+    if not report.verified:
+        raise ExportRefused(report)
     stored = {seq: data for seq, data in entries if data is not None}
     checkpoints: dict[int, Checkpoint] = {}
     position: dict[int, int] = {}
@@ -378,7 +436,13 @@ def verify_export(data: bytes, pinned: bytes) -> ExportReport:
         start_raw = None if doc.get("start") is None else _unb64(doc["start"])
         expected = doc.get("expected")
         _require(expected is None or isinstance(expected, dict))
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        if expected is not None:
+            number, digest = expected.get("number"), expected.get("hash")
+            _require(isinstance(number, int) and not isinstance(number, bool) and number >= 1)
+            _require(isinstance(digest, str) and len(bytes.fromhex(digest)) == 32)
+        exported_at = doc.get("exported_at")
+        _require(isinstance(exported_at, int) and not isinstance(exported_at, bool))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
         return broken("export_invalid", f"not an ssr audit export: {exc or type(exc).__name__}")
     directories = verified_versions(raws, pinned)
     if not directories:
@@ -391,15 +455,8 @@ def verify_export(data: bytes, pinned: bytes) -> ExportReport:
         findings.append(
             Finding(None, "export_directory", "a directory version in the export does not chain")
         )
-    signer = next(
-        (
-            s
-            for d in directories
-            if (s := d.signer(str(doc.get("signer_key")))) is not None
-            and s.kind is PrincipalKind.BROKER
-            and s.principal == doc.get("broker")
-        ),
-        None,
+    signer = broker_key(
+        directories, str(doc.get("broker")), str(doc.get("signer_key")), int(exported_at)
     )
     try:
         if signer is None:
@@ -421,6 +478,10 @@ def verify_export(data: bytes, pinned: bytes) -> ExportReport:
             findings.append(
                 Finding(None, exc.code, f"the export's starting checkpoint: {exc.message}")
             )
+    if start is not None and entries and entries[0][0] != start.last + 1:
+        findings.append(
+            Finding(entries[0][0], "inserted", "the export does not continue its start")
+        )
     report = verify_trail(entries, directories, expected=expected, start=start)
     meta = {
         "filter": doc.get("filter"),

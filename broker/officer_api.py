@@ -287,8 +287,21 @@ def _scoped_trace(trace: dict[str, Any], actor: str) -> dict[str, Any]:
         "escalated": [r for r in trace.get("escalated", ()) if r == actor],
         "refusals": mine,
         "refusals_total": len(mine),
-        "events": [e for e in trace.get("events", ()) if concerns(e, actor)],
+        "events": [_scoped_event(e, actor) for e in trace.get("events", ()) if concerns(e, actor)],
     }
+
+
+def _scoped_event(event: dict[str, Any], actor: str) -> dict[str, Any]:
+    """An event as an actor's officer sees it: of the other actors it names as recipients
+    (an escalation's missing recipients, a refusal's), only their own. An acceptance keeps
+    its recipients: they are in the signed header every recipient holds."""
+    if (
+        event.get("actor") == actor
+        or event.get("kind") == "accepted"
+        or not event.get("recipients")
+    ):
+        return event
+    return event | {"recipients": [r for r in event["recipients"] if r == actor]}
 
 
 def _request_line(request: web.Request) -> str:
@@ -485,6 +498,8 @@ class _OfficerApi:
         )
         await self._audited(request, session, actor=actor)
         cursor = found[-1]["seq"] if len(found) >= limit else None
+        if session.scope is not None:
+            found = [_scoped_event(e, session.scope) for e in found]
         return web.json_response({"events": found, "next": cursor})
 
     async def directory_history(self, request: web.Request) -> web.Response:

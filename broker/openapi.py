@@ -340,6 +340,11 @@ def _schemas() -> dict[str, Schema]:
                 "checked_at": _nullable(_MILLIS),
                 "events": _COUNT,
                 "sealed_through": _COUNT,
+                "latest_checkpoint": {
+                    **_nullable(_obj({"number": _COUNT, "hash": _HEX64})),
+                    "description": "The latest verified checkpoint: note it outside NATS (an"
+                    " auditor's anchor against truncation, `ssr audit verify --expect`).",
+                },
                 "findings": _array(
                     _obj(
                         {
@@ -349,7 +354,8 @@ def _schemas() -> dict[str, Schema]:
                         }
                     )
                 ),
-            }
+            },
+            optional=("latest_checkpoint",),
         ),
     }
 

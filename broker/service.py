@@ -117,7 +117,7 @@ class Service:
             self._streams_ready = True
             state = BrokerState(directory=directory, policy=policy, pinned_authority=pinned)
             self.router = Router(bus=self.bus, state=state, identity=identity, metrics=self.metrics)
-            self.sealer = AuditSealer(self.bus, identity, wall_clock_ms)
+            self.sealer = AuditSealer(self.bus, identity, wall_clock_ms, lambda: state.directory)
             await self._publish_directory_files(datadir.directory_files(config))
             await self.refresh_state()
             submissions = await self.bus.submissions(config)
@@ -302,8 +302,10 @@ class Service:
                 checkpoint = await self.sealer.seal()
             except AuditChainError as exc:
                 log.error("audit trail cannot be sealed: %s", exc.message)
+                self.audit_watch.seal_error = exc.message
                 self.metrics.audit_verified.set(0)
                 return
+            self.audit_watch.seal_error = None
             if checkpoint is None:
                 return
             self.metrics.audit_checkpoints.inc()
@@ -318,7 +320,7 @@ class Service:
         report = await verify_stream(self.bus, versions or [self.router.state.directory])
         self.audit_watch.report = report
         self.audit_watch.checked_at = wall_clock_ms()
-        self.metrics.audit_verified.set(1 if report.verified else 0)
+        self.metrics.audit_verified.set(1 if self.audit_watch.verified else 0)
         self.metrics.audit_sealed_through.set(report.sealed_through)
         for finding in report.findings[:20]:
             log.error("audit trail: %s at %s: %s", finding.problem, finding.seq, finding.detail)

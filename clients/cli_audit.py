@@ -29,7 +29,7 @@ MAX_EXPORT_READ = 512 * 1024 * 1024
 
 def _time(value: str, what: str) -> int:
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     try:
         parsed = datetime.fromisoformat(text)
@@ -145,8 +145,15 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 async def _export(args: argparse.Namespace, start: int, end: int, out: Path) -> int:
     import time
 
-    from broker import datadir
-    from broker.auditlog import build_export, directory_versions, read_trail
+    from broker import datadir, subjects
+    from broker.auditlog import (
+        CHECKPOINT_KEY,
+        ExportRefused,
+        build_export,
+        directory_versions,
+        read_trail,
+    )
+    from broker.core.auditchain import AuditChainError, parse_checkpoint
     from broker.errors import BrokerError
 
     config = _config(args)
@@ -159,18 +166,30 @@ async def _export(args: argparse.Namespace, start: int, end: int, out: Path) -> 
     bus = await _connect(config)
     try:
         versions = await directory_versions(bus, pinned) or [directory]
+        latest = await bus.kv_get(subjects.STATE_BUCKET, CHECKPOINT_KEY)
         entries = await read_trail(bus)
     finally:
         await bus.close()
-    data, summary = build_export(
-        entries,
-        directories=versions,
-        start=start,
-        end=end,
-        actor=args.actor,
-        identity=identity,
-        at=time.time_ns() // 1_000_000,
-    )
+    expected = None
+    if latest is not None:
+        try:
+            checkpoint = parse_checkpoint(latest.value)
+            expected = {"number": checkpoint.number, "hash": checkpoint.hash}
+        except AuditChainError:
+            expected = {"number": -1, "hash": ""}  # unreadable: the export is refused below
+    try:
+        data, summary = build_export(
+            entries,
+            directories=versions,
+            start=start,
+            end=end,
+            actor=args.actor,
+            identity=identity,
+            at=time.time_ns() // 1_000_000,
+            expected_latest=expected,
+        )
+    except ExportRefused as exc:
+        raise CliError(f"not exported: {exc.message}", EXIT_CHECK_FAILED) from exc
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as file:
         file.write(data)

@@ -107,7 +107,12 @@ async def test_a_checkpoint_sealed_but_never_published_is_published_by_the_next_
 ) -> None:
     await traffic(net, 1)
     assert broker.bus is not None
-    sealer = AuditSealer(broker.bus, broker.sealer.identity, wall_clock_ms)  # type: ignore[union-attr]
+    sealer = AuditSealer(
+        broker.bus,
+        broker.sealer.identity,
+        wall_clock_ms,
+        broker.sealer.directory,  # type: ignore[union-attr]
+    )
     # The compare-and-set wins, then the broker dies before publishing.
     entries = await broker.bus.read_stream(subjects.AUDIT_STREAM, subjects.AUDIT_WILDCARD, 1, 1000)
     checkpoint = make_checkpoint(
@@ -288,3 +293,48 @@ def test_checkpoint_in_bucket_is_what_the_stream_holds_after_sealing() -> None:
     cp = make_checkpoint([(1, b"{}")], after=None, at=2, broker=region.broker.broker,
                          signer=region.broker.signing)  # fmt: skip
     assert parse_checkpoint(cp.raw) == cp
+
+
+async def test_an_export_of_a_broken_trail_is_refused_and_hostile_exports_are_reported(
+    broker: Service, net: Actors
+) -> None:
+    from broker.auditlog import ExportRefused
+
+    await traffic(net, 2)
+    await asyncio.sleep(0.3)
+    await seal_all(broker)
+    assert broker.bus is not None
+    assert broker.router is not None
+    pinned = broker.router.state.pinned_authority
+    versions = await directory_versions(broker.bus, pinned)
+    entries = await read_trail(broker.bus)
+    identity = broker.sealer.identity  # type: ignore[union-attr]
+    # An insider edits a sealed event so that the filter would leave it out (redacted):
+    # the exporting broker verifies the whole trail first and refuses.
+    tampered = [
+        (seq, data.replace(b'"actor":"nacka"', b'"actor":"nackb"') if data and seq == 1 else data)
+        for seq, data in entries
+    ]
+    with pytest.raises(ExportRefused) as info:
+        build_export(
+            tampered, directories=versions, start=0, end=wall_clock_ms() + 1, actor="solna",
+            identity=identity, at=wall_clock_ms(),
+        )  # fmt: skip
+    assert info.value.report.findings[0].problem == "altered"
+
+    data, _ = build_export(
+        entries, directories=versions, start=0, end=wall_clock_ms() + 1, actor=None,
+        identity=identity, at=wall_clock_ms(),
+    )  # fmt: skip
+    for change in (
+        lambda d: d.__setitem__("expected", {"number": "x", "hash": "00"}),
+        lambda d: d.__setitem__("expected", {"number": 10**30, "hash": "00" * 32}),
+        lambda d: d.__setitem__("exported_at", "yesterday"),
+        lambda d: d.__setitem__("entries", [["1", None]]),
+    ):
+        doc = json.loads(data)
+        change(doc)
+        result = verify_export(json.dumps(doc).encode(), pinned)
+        assert not result.verified
+    nested = b'{"v":1,"kind":"ssr-audit-export","entries":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert not verify_export(nested, pinned).verified

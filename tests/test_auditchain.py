@@ -295,3 +295,49 @@ def test_structural_refusals_and_rare_findings(region: DemoRegion) -> None:
     assert as_dict["verified"] is False
     assert as_dict["findings"][0] == {"seq": None, "problem": "checkpoint_conflict",
                                       "detail": report.findings[0].detail}  # fmt: skip
+
+
+def test_review_findings_stay_fixed(region: DemoRegion) -> None:
+    """Regression tests for the security review of the audit trail."""
+    entries, _ = sealed_trail(region, (3, 3))
+    # A deletion after the last checkpoint is a deletion too (JetStream numbers without gaps).
+    tail = [*entries, (len(entries) + 1, event(100)), (len(entries) + 3, event(101))]
+    assert (len(entries) + 2, "deleted") in problems(verify_trail(tail, [region.directory]))
+    # ... and so is one at the very end, given the stream's last sequence.
+    report = verify_trail(entries[:-1], [region.directory], through=len(entries))
+    assert problems(report) == [(len(entries), "deleted")]
+
+    # A broker key revoked in a later version: its later checkpoints are refused even
+    # when the older version (without the revocation) is among the directories.
+    revoked_at = NOW + 5
+    brokers = tuple(
+        b.model_copy(update={"signing_keys": tuple(
+            k.model_copy(update={"revoked_at": revoked_at}) for k in b.signing_keys
+        )})
+        for b in region.directory.document.brokers
+    )  # fmt: skip
+    v2 = verify_directory(
+        sign_directory(successor(region.directory, issued=NOW + 6, brokers=brokers),
+                       region.authority),
+        pinned=region.authority.public, previous=region.directory,
+    )  # fmt: skip
+    late = make_checkpoint([(1, event(0))], after=None, at=revoked_at + 1,
+                           broker=region.broker.broker, signer=region.broker.signing)  # fmt: skip
+    with pytest.raises(AuditChainError) as info:
+        verify_checkpoint(late.raw, [region.directory, v2])
+    assert info.value.code == "checkpoint_unknown_signer"
+
+    # Checkpoint times never go backwards.
+    first = make_checkpoint([(1, event(0))], after=None, at=NOW + 100,
+                            broker=region.broker.broker, signer=region.broker.signing)  # fmt: skip
+    second = make_checkpoint([(2, first.raw)], after=first, at=NOW + 50,
+                             broker=region.broker.broker, signer=region.broker.signing)  # fmt: skip
+    backwards = [(1, event(0)), (2, first.raw), (3, second.raw)]
+    assert (None, "checkpoint_inconsistent") in problems(
+        verify_trail(backwards, [region.directory])
+    )
+
+    # A malformed expectation is a finding, not a crash.
+    for bad in ({"number": "x"}, {"number": [1]}, {"number": True}, {"number": -1}):
+        report = verify_trail(entries, [region.directory], expected=bad)
+        assert (None, "checkpoint_invalid") in problems(report)

@@ -722,6 +722,7 @@ async def test_audit_status_is_passed_through(world: World) -> None:
         "checked_at": None,
         "events": 0,
         "sealed_through": 0,
+        "latest_checkpoint": None,
         "findings": [],
     }
     watch = AuditWatch(

@@ -39,7 +39,7 @@ from typing import Annotated, Any, Final, Literal, Self
 from pydantic import Field, model_validator
 
 from . import crypto
-from .directory import PrincipalKind, VerifiedDirectory
+from .directory import PrincipalKind, SignerKey, VerifiedDirectory
 from .errors import CoreError, MalformedInput
 from .keys import SigningKeyPair
 from .limits import MAX_SAFE_INTEGER
@@ -173,7 +173,32 @@ def parse_checkpoint(raw: bytes) -> Checkpoint:
         raise AuditChainError(f"not a well-formed checkpoint: {exc.message}") from exc
 
 
-def verify_checkpoint(raw: bytes, directories: Iterable[VerifiedDirectory]) -> Checkpoint:
+def broker_key(
+    directories: Iterable[VerifiedDirectory], broker: str, key_id: str, at: int
+) -> SignerKey | None:
+    """``broker``'s signing key ``key_id`` if it was usable, and not revoked, at ``at``.
+
+    The key's record is taken from the NEWEST directory version that lists it: a
+    revocation published later applies to everything the key signed after the
+    revocation time, whichever version the signature was first checked against.
+    """
+    found = None
+    for directory in directories:  # oldest first: the last hit is the newest record
+        candidate = directory.signer(key_id)
+        if candidate is not None:
+            found = candidate
+    if (
+        found is None
+        or found.kind is not PrincipalKind.BROKER
+        or found.principal != broker
+        or not found.record.usable_at(at)
+        or found.record.revoked_by(at)
+    ):
+        return None
+    return found
+
+
+def verify_checkpoint(raw: bytes, directories: Sequence[VerifiedDirectory]) -> Checkpoint:
     """Parse and check a checkpoint: its signature by a broker key that one of
     ``directories`` lists as usable (and not revoked) at the checkpoint's time, and
     that its chain hash follows from its leaves.
@@ -182,18 +207,7 @@ def verify_checkpoint(raw: bytes, directories: Iterable[VerifiedDirectory]) -> C
     ``checkpoint_bad_signature``, ``checkpoint_inconsistent``.
     """
     checkpoint = parse_checkpoint(raw)
-    signer = None
-    for directory in directories:
-        found = directory.signer(checkpoint.signer_key)
-        if (
-            found is not None
-            and found.kind is PrincipalKind.BROKER
-            and found.principal == checkpoint.broker
-            and found.record.usable_at(checkpoint.at)
-            and not found.record.revoked_by(checkpoint.at)
-        ):
-            signer = found
-            break
+    signer = broker_key(directories, checkpoint.broker, checkpoint.signer_key, checkpoint.at)
     if signer is None:
         raise AuditChainError(
             f"checkpoint {checkpoint.number} is signed by a key no directory gives broker"
@@ -274,6 +288,7 @@ def verify_trail(
     *,
     expected: Mapping[str, Any] | None = None,
     start: Checkpoint | None = None,
+    through: int | None = None,
     max_findings: int = 1000,
 ) -> TrailReport:
     """Check stored ``(seq, event bytes)`` entries against the checkpoints among them.
@@ -283,6 +298,7 @@ def verify_trail(
     ``expected`` is the latest checkpoint known from elsewhere (``{"number", "hash"}``),
     to detect truncation. ``start`` is a verified checkpoint the entries continue from
     (an export of a later part of the trail); without it the trail starts at sequence 1.
+    ``through`` is the last sequence the store says it holds (missing ones are deleted).
     """
     findings: list[Finding] = []
 
@@ -331,6 +347,9 @@ def verify_trail(
                 None, "checkpoint_chain_broken", f"checkpoint {number} does not follow {number - 1}"
             )
             break
+        if after is not None and checkpoint.at < after.at:
+            found(None, "checkpoint_inconsistent", f"checkpoint {number} predates {number - 1}")
+            break
         chain = chain_from(chain, checkpoint)
         if chain.hex() != checkpoint.chain:
             found(None, "checkpoint_inconsistent", f"checkpoint {number}: chain hash differs")
@@ -373,7 +392,10 @@ def verify_trail(
             found(seq, "inserted", f"sequence {seq} lies before the part this trail covers")
 
     if expected is not None:
-        want = int(expected.get("number", 0))
+        want = expected.get("number")
+        if not isinstance(want, int) or isinstance(want, bool) or not 0 <= want <= MAX_SAFE_INTEGER:
+            want = 0
+            found(None, "checkpoint_invalid", "the expected latest checkpoint is malformed")
         have = latest.number if latest is not None else 0
         if want > have:
             found(
@@ -383,8 +405,14 @@ def verify_trail(
                 f" the trail holds checkpoints up to {have}: everything after sequence"
                 f" {sealed_through} may be missing",
             )
-        elif want and want <= have and run and by_number[want].hash != expected.get("hash"):
+        elif want and run and want in by_number and by_number[want].hash != expected.get("hash"):
             found(None, "checkpoint_conflict", f"checkpoint {want} differs from the one expected")
+    # After the last seal nothing vouches for the events, but a missing sequence there is
+    # still a deletion (JetStream numbers without gaps and the stream refuses deletes).
+    tail_end = max([through or 0, *(seq for seq in stored if seq > sealed_through)], default=0)
+    for seq in range(sealed_through + 1, tail_end + 1):
+        if seq not in stored:
+            found(seq, "deleted", "missing after the last checkpoint (not sealed yet)")
     unsealed = sum(1 for seq in stored if seq > sealed_through)
     return TrailReport(
         events=len(stored),
