@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clients.cli_officer import add_officer_verbs
 
     add_officer_verbs(commands)
+    from clients.cli_ingest import add_ingest_verbs
+
+    add_ingest_verbs(commands)
     return parser
 
 
