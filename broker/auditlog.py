@@ -192,8 +192,18 @@ def verified_versions(raws: Sequence[bytes], pinned: bytes) -> list[VerifiedDire
     return versions
 
 
-async def verify_stream(bus: JetStreamBus, directories: Sequence[VerifiedDirectory]) -> TrailReport:
-    """Check the whole stored trail against its checkpoints and the bucket's latest one."""
+async def verify_stream(
+    bus: JetStreamBus,
+    directories: Sequence[VerifiedDirectory],
+    *,
+    anchor: Mapping[str, Any] | None = None,
+) -> TrailReport:
+    """Check the whole stored trail against its checkpoints and the bucket's latest one.
+
+    ``anchor`` is a checkpoint (``{"number", "hash"}``) noted outside NATS earlier (from
+    ``/api/v1/audit/status``): the trail must still hold it, unchanged, whatever the
+    bucket now says (someone with NATS rights could rewind the bucket with the stream).
+    """
     # The bucket first: a checkpoint sealed while the stream is read is then in the stream
     # read, not only in the bucket (which would look like a truncation).
     found = await bus.kv_get(subjects.STATE_BUCKET, CHECKPOINT_KEY)
@@ -213,7 +223,13 @@ async def verify_stream(bus: JetStreamBus, directories: Sequence[VerifiedDirecto
                     "the latest checkpoint in the state bucket is unreadable",
                 ),
             )
-    return verify_trail(entries, directories, expected=expected, through=through)
+    report = verify_trail(entries, directories, expected=expected, through=through)
+    if anchor is not None:
+        pinned = verify_trail(entries, directories, expected=anchor, through=through)
+        for finding in pinned.findings:
+            if finding not in report.findings:
+                report = _with(report, finding)
+    return report
 
 
 def _with(report: TrailReport, finding: Finding) -> TrailReport:

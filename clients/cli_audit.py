@@ -124,12 +124,26 @@ async def _verify_online(args: argparse.Namespace) -> int:
         versions = await directory_versions(bus, pinned)
         if not versions:
             raise CliError("no directory version in NATS verifies against the pinned key", 1)
-        report = (await verify_stream(bus, versions)).as_dict()
+        report = (await verify_stream(bus, versions, anchor=_anchor(args.expect))).as_dict()
     finally:
         await bus.close()
     title = "audit trail: " + ("verifies" if report["verified"] else "DOES NOT VERIFY")
     _emit(args, report, _findings_text(report, title))
     return EXIT_OK if report["verified"] else EXIT_CHECK_FAILED
+
+
+def _anchor(value: str | None) -> dict[str, Any] | None:
+    """``--expect N:HASH``: a checkpoint noted earlier, outside NATS."""
+    if value is None:
+        return None
+    number, _, digest = value.partition(":")
+    if not (number.isascii() and number.isdigit() and len(digest) == 64):
+        raise CliError("--expect takes NUMBER:HASH of a checkpoint (see /api/v1/audit/status)")
+    try:
+        bytes.fromhex(digest)
+    except ValueError as exc:
+        raise CliError("--expect: the hash must be 64 hex digits") from exc
+    return {"number": int(number), "hash": digest.lower()}
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
@@ -223,6 +237,11 @@ def add_audit_verbs(commands: argparse._SubParsersAction[argparse.ArgumentParser
     verify.add_argument("--export", metavar="FILE", help="verify this export file offline")
     verify.add_argument(
         "--authority-key", metavar="HEX|FILE", help="pinned authority key (with --export)"
+    )
+    verify.add_argument(
+        "--expect",
+        metavar="N:HASH",
+        help="a checkpoint noted earlier outside NATS: the trail must still hold it",
     )
     verify.set_defaults(handler=cmd_audit_verify)
     export = audit.add_parser("export", help="write a signed export of part of the trail")

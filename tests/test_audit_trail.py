@@ -338,3 +338,24 @@ async def test_an_export_of_a_broken_trail_is_refused_and_hostile_exports_are_re
         assert not result.verified
     nested = b'{"v":1,"kind":"ssr-audit-export","entries":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     assert not verify_export(nested, pinned).verified
+
+
+async def test_verify_against_a_checkpoint_noted_outside_nats(
+    broker: Service, net: Actors, broker_factory: BrokerFactory, capsys
+) -> None:
+    await traffic(net, 1)
+    await seal_all(broker)
+    await broker.verify_audit()
+    latest = broker.audit_watch.status()["latest_checkpoint"]
+    assert latest is not None
+    base = ["audit", "verify", "--data-dir", str(broker_factory.data_dir),
+            "--nats", broker_factory.server.url]  # fmt: skip
+    noted = f"{latest['number']}:{latest['hash']}"
+    assert await asyncio.to_thread(main, [*base, "--expect", noted]) == EXIT_OK
+    # Someone rewound the bucket and the stream: the noted checkpoint is "from the future".
+    ahead = f"{latest['number'] + 5}:{latest['hash']}"
+    assert await asyncio.to_thread(main, [*base, "--expect", ahead]) == EXIT_CHECK_FAILED
+    assert "truncated" in capsys.readouterr().out
+    forged = f"{latest['number']}:{'0' * 64}"
+    assert await asyncio.to_thread(main, [*base, "--expect", forged]) == EXIT_CHECK_FAILED
+    assert await asyncio.to_thread(main, [*base, "--expect", "one:two"]) == 2

@@ -647,6 +647,12 @@
         ["Checked at", a.checked_at ? timeNode(a.checked_at) : text("never")],
         ["Events in the trail", text(a.events)],
         ["Sealed through sequence", text(a.sealed_through)],
+        [
+          "Latest checkpoint (note it outside NATS)",
+          a.latest_checkpoint
+            ? h("code", {}, text(a.latest_checkpoint.number + ":" + a.latest_checkpoint.hash))
+            : text("none yet"),
+        ],
       ]),
       table(
         "Findings",
