@@ -22,6 +22,9 @@ Metrics (attribute in parentheses):
 ``ssr_broker_decision_seconds``                          (``decision_seconds``) histogram
 ``ssr_broker_routing_seconds``                           (``routing_seconds``) histogram
 ``ssr_broker_audit_events_total{kind}``                  (``audit_events``)
+``ssr_broker_audit_checkpoints_total``                   (``audit_checkpoints``)
+``ssr_broker_audit_verified``                            (``audit_verified``: 1, 0, -1)
+``ssr_broker_audit_sealed_through``                      (``audit_sealed_through``)
 ``ssr_broker_nats_connected``                            (``nats_connected``) gauge 0/1
 ``ssr_broker_nats_reconnects_total``                     (``nats_reconnects``)
 ``ssr_broker_nats_disconnects_total``                    (``nats_disconnects``)

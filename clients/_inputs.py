@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +23,18 @@ def identity(keys: Identity | str | os.PathLike[str]) -> Identity:
         return load_identity(Path(keys))
     except CoreError as exc:
         raise ConfigurationError(exc.message, code="keys") from exc
+
+
+def identities(
+    keys: Identity | str | os.PathLike[str] | Sequence[Identity | str | os.PathLike[str]],
+) -> tuple[Identity, ...]:
+    """One key file (or identity), or several during a key rotation: the first signs."""
+    if isinstance(keys, Identity | str | os.PathLike):
+        return (identity(keys),)
+    loaded = tuple(identity(k) for k in keys)
+    if not loaded:
+        raise ConfigurationError("keys: give at least one key file", code="keys")
+    return loaded
 
 
 def authority_key(value: bytes | str | os.PathLike[str]) -> bytes:

@@ -50,6 +50,10 @@ class Delivery:
             await self._msg.ack()
 
 
+def inbox_prefix(actor: str) -> str:
+    return f"_INBOX_{actor}"
+
+
 class Transport:
     def __init__(self, bus: JetStreamBus, actor: str, durable: str) -> None:
         self.bus = bus
@@ -70,7 +74,9 @@ class Transport:
         on_state: Callable[[str], Awaitable[None]] | None = None,
     ) -> Transport:
         """Connect (failing over across ``servers``), open the buckets and the consumer."""
-        options: dict[str, Any] = {}
+        # A per-actor inbox, so that the generated NATS permissions can let each actor
+        # receive replies on its own inbox subjects only (``ssr deploy nats-config``).
+        options: dict[str, Any] = {"inbox_prefix": inbox_prefix(actor)}
         if creds is not None:
             options["user_credentials"] = str(creds)
         if tls_ca is not None:
@@ -137,4 +143,4 @@ class Transport:
                 yield value
 
 
-__all__ = ["Delivery", "Transport"]
+__all__ = ["Delivery", "Transport", "inbox_prefix"]

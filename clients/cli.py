@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clients.cli_ingest import add_ingest_verbs
 
     add_ingest_verbs(commands)
+    from clients.cli_deploy import add_deploy_verbs
+
+    add_deploy_verbs(commands)
     return parser
 
 

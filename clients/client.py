@@ -62,6 +62,7 @@ from broker.core import (
     MessageType,
     NoticeBody,
     NoticeKind,
+    OpenedEnvelope,
     OpenError,
     Policy,
     Priority,
@@ -139,7 +140,7 @@ class Client:
         *,
         servers: Sequence[str],
         actor: str,
-        keys: Identity | str | os.PathLike[str],
+        keys: Identity | str | os.PathLike[str] | Sequence[Identity | str | os.PathLike[str]],
         authority_key: bytes | str | os.PathLike[str],
         state_dir: str | os.PathLike[str],
         policy: Policy | str | os.PathLike[str] | None = None,
@@ -151,11 +152,13 @@ class Client:
     ) -> None:
         if not servers or not all(isinstance(s, str) and s for s in servers):
             raise ConfigurationError("servers: give at least one NATS URL", code="servers")
-        self.identity = _inputs.identity(keys)
-        if self.identity.principal != actor:
-            raise ConfigurationError(
-                f"key file is for {self.identity.principal!r}, not {actor!r}", code="keys"
-            )
+        self.identities = _inputs.identities(keys)
+        self.identity = self.identities[0]  # signs; the others only open (key rotation)
+        for identity in self.identities:
+            if identity.principal != actor:
+                raise ConfigurationError(
+                    f"key file is for {identity.principal!r}, not {actor!r}", code="keys"
+                )
         self.actor = actor
         self._subject = subjects.submit_subject(actor)
         self.servers = tuple(servers)
@@ -533,11 +536,24 @@ class Client:
                 if message is not None:
                     yield message
 
+    def _open(self, data: bytes, now: int) -> OpenedEnvelope:
+        """Open with the key pair the sender wrapped the content key for: during a key
+        rotation senders move to the new encryption key while older envelopes still
+        name the old one."""
+        me = self.identity
+        if len(self.identities) > 1:
+            with contextlib.suppress(CoreError):
+                wraps = read_envelope(data, self.directory).wraps
+                wrap = next((w for w in wraps if w.recipient == self.actor), None)
+                me = next(
+                    (i for i in self.identities if wrap and i.encryption.key_id == wrap.key_id),
+                    me,
+                )
+        return open_envelope(data, me=me, directory=self.directory, policy=self.policy, now=now)
+
     def _reopen(self, data: bytes, received: int) -> Message | None:
         try:
-            opened = open_envelope(
-                data, me=self.identity, directory=self.directory, policy=self.policy, now=received
-            )
+            opened = self._open(data, received)
         except CoreError as exc:  # the directory changed since it was admitted
             log.warning("%s: waiting envelope no longer opens (%s); dropped", self.actor, exc.code)
             self.refused += 1
@@ -791,9 +807,7 @@ class Client:
         opened = None
         for attempt in range(2):
             try:
-                opened = open_envelope(
-                    data, me=self.identity, directory=self.directory, policy=self.policy, now=now
-                )
+                opened = self._open(data, now)
                 break
             except OpenError as exc:
                 if attempt == 0 and exc.code == "invalid":

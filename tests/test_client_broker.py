@@ -36,10 +36,10 @@ running_broker = service_helpers.running_broker
 
 def client(factory: BrokerFactory, actor: str, tmp_path: Path, **kw: Any) -> Client:
     region = factory.region
+    kw.setdefault("keys", region.identities[actor])
     return Client.connect(
         servers=[factory.server.url],
         actor=actor,
-        keys=region.identities[actor],
         authority_key=region.authority.public,
         state_dir=tmp_path / actor,
         **kw,
@@ -195,3 +195,38 @@ async def test_reply_confirmations_and_a_red_forward_back_to_the_original_sender
         with pytest.raises(ForwardRefused) as info:
             await received.reply(b"x", label=lower)
         assert info.value.code == "forward_label_lowered"
+
+
+@pytest.mark.usefixtures("running_broker")
+async def test_a_client_holding_old_and_new_keys_opens_both_during_a_rotation(
+    broker_factory: BrokerFactory, tmp_path: Path
+) -> None:
+    """Solna's encryption key is rotated in directory v2: a message wrapped for the old
+    key before the rotation and one for the new key after both open with keys=[new, old]."""
+    from broker.core import Identity, KeyRecord
+
+    region = broker_factory.region
+    old = region.identities["solna"]
+    new = Identity(
+        principal="solna", signing=old.signing, encryption=Identity.generate("x").encryption
+    )
+    now = now_ms()
+    actors = tuple(
+        a.model_copy(update={"encryption_keys": (
+            *a.encryption_keys,
+            KeyRecord.for_key(new.encryption.public, not_before=now - 1000,
+                              not_after=now + 86_400_000),
+        )}) if a.id == "solna" else a
+        for a in region.directory.document.actors
+    )  # fmt: skip
+    v2 = sign_directory(successor(region.directory, issued=now, actors=actors), region.authority)
+    async with client(broker_factory, "nacka", tmp_path) as nacka:
+        before = await nacka.send(to=["solna"], payload=b"for the old key", label="INTERN")
+        await before.accepted(timeout=10)
+        await nacka.submit_directory(v2, timeout=10)
+        after = await nacka.send(to=["solna"], payload=b"for the new key", label="INTERN")
+        await after.accepted(timeout=10)
+    async with client(broker_factory, "solna", tmp_path, keys=[new, old]) as solna:
+        first, second = await next_message(solna), await next_message(solna)
+    assert {first.payload, second.payload} == {b"for the old key", b"for the new key"}
+    assert solna.refused == 0
