@@ -110,6 +110,9 @@ log = logging.getLogger("ssr.client")
 MAX_TRACKED = 100_000  # send handles kept in memory; beyond it the oldest are forgotten
 FETCH_BATCH = 32
 RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0
+# A publish fails while a stream elects a new leader (a few seconds after a NATS node is
+# lost): retry often enough that sending resumes within about a second of the election.
+PUBLISH_RETRY_MAX_S = 1.0
 DIRECTORY_POLL_S = 5.0
 PURGE_EVERY_S = 600.0
 EXPIRY_CHECK_S = 1.0
@@ -652,7 +655,7 @@ class Client:
             except Unavailable as exc:
                 log.info("%s: publish will be retried: %s", self.actor, exc.message)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+                delay = min(delay * 2, PUBLISH_RETRY_MAX_S)
                 self._outbox_ready.set()
             except Exception:  # a store error or a bug must not end sending for good
                 log.exception("%s: publishing from the outbox failed; retrying", self.actor)
