@@ -97,6 +97,10 @@ class AuditSealer:
             subjects.AUDIT_STREAM, subjects.AUDIT_WILDCARD, start, count
         )
         contiguous = [(e.seq, e.data) for i, e in enumerate(entries) if e.seq == start + i]
+        if latest is not None and contiguous == [(start, latest.raw)]:
+            # Only our last checkpoint's own event is new: sealing it would write a
+            # checkpoint every round on an idle system. It is sealed with the next events.
+            return None
         if len(contiguous) < len(entries) or (entries and entries[0].seq != start):
             missing = start + len(contiguous)
             if not contiguous:
@@ -106,8 +110,8 @@ class AuditSealer:
                 )
             log.error("audit event %d is missing: sealing up to it, then stopping", missing)
         now = self.clock()
-        signer = self.directory().signer(self.identity.signing.key_id)
-        if signer is None or not signer.record.usable_at(now) or signer.record.revoked_by(now):
+        key_id = self.identity.signing.key_id
+        if broker_key([self.directory()], self.identity.broker, key_id, now) is None:
             raise AuditChainError(
                 "this broker's key is not usable now: it must not seal", code="sealer_key_invalid"
             )

@@ -60,6 +60,9 @@ class _Drops:
         self.event = asyncio.Event()
 
 
+PROBE_TIMEOUT_S = 2.0
+
+
 async def _until_reachable(urls: tuple[str, ...]) -> None:
     """Return once some server accepts a TCP connection (the caller bounds the wait).
 
@@ -72,8 +75,10 @@ async def _until_reachable(urls: tuple[str, ...]) -> None:
         for url in urls:
             parsed = urlsplit(url if "://" in url else f"nats://{url}")
             try:
-                _, writer = await asyncio.open_connection(parsed.hostname, parsed.port or 4222)
-            except (OSError, ValueError):
+                # Bounded per server: a host that drops packets must not hold up the others.
+                async with asyncio.timeout(PROBE_TIMEOUT_S):
+                    _, writer = await asyncio.open_connection(parsed.hostname, parsed.port or 4222)
+            except (OSError, ValueError, TimeoutError):
                 continue
             writer.close()
             with contextlib.suppress(OSError):

@@ -367,7 +367,10 @@ class Client:
                 f"{self.policy.limits.max_envelope_bytes}",
                 code="too_large",
             )
-        envelope = read_envelope(data, directory)
+        try:
+            envelope = read_envelope(data, directory)
+        except CoreError as exc:  # e.g. our signing key is not (yet) in the directory
+            raise SendError(exc.message, code=exc.code) from exc
         handle = SendHandle(envelope.header, envelope.header_hash, crypto.sha256(data).hex())
         self._track(handle)
         await asyncio.to_thread(
@@ -826,7 +829,7 @@ class Client:
         outbox, inbox = self._outbox, self._inbox
         assert outbox is not None
         assert inbox is not None
-        if header.id in inbox:
+        if await asyncio.to_thread(inbox.__contains__, header.id):
             return  # a redelivery: the receipt was queued when it was first admitted
         receipt = make_receipt(
             self.identity, header, opened.header_hash, ReceiptKind.DELIVERED, at=now
@@ -874,31 +877,26 @@ class Client:
         for raw in self._seed:
             self._adopt(raw)
         for path in sorted((self.state_dir / "directory").glob("v*.dir")):
+            known = 0 if self._directory is None else self._directory.version
+            if path.stem <= subjects.directory_key(known):
+                continue  # a version already adopted (from the seed)
             self._adopt(path.read_bytes(), save=False)
 
     def _adopt(self, raw: bytes, *, save: bool = True) -> bool:
         """Adopt ``raw`` if it is the next version of the chain (or the first one)."""
         current = self._directory
+        # The first version must be signed by the pinned key; each later one by an
+        # authority key its predecessor lists (so the authority key can rotate).
         try:
-            candidate = verify_directory(raw, pinned=self.pinned, previous=None)
+            candidate = verify_directory(raw, pinned=self.pinned, previous=current)
         except CoreError as exc:
+            after = "" if current is None else f" after v{current.version}"
             raise DirectoryRefused(
-                f"directory version refused: {exc.message}", code=exc.code
+                f"directory version refused{after}: {exc.message}", code=exc.code
             ) from exc
-        if current is not None and candidate.version <= current.version:
-            return False
-        if current is not None:
-            try:
-                candidate = verify_directory(raw, pinned=self.pinned, previous=current)
-            except CoreError as exc:
-                raise DirectoryRefused(
-                    f"directory v{candidate.version} does not extend v{current.version}: "
-                    f"{exc.message}",
-                    code=exc.code,
-                ) from exc
         self._directory = candidate
-        if save:
-            path = self.state_dir / "directory" / f"{subjects.directory_key(candidate.version)}.dir"
+        path = self.state_dir / "directory" / f"{subjects.directory_key(candidate.version)}.dir"
+        if save and not path.exists():
             with contextlib.suppress(OSError):
                 path.write_bytes(raw)
         return True

@@ -705,7 +705,7 @@ def test_hostile_sample_is_refused(name, code):
         parse_cap_xml(sample(name))
     assert raised.value.code == code
     assert code in FEED_ERROR_CODES
-    assert time.monotonic() - started < 1  # no entity was expanded
+    assert time.monotonic() - started < 10  # no entity was expanded (that takes far longer)
     assert "root:" not in raised.value.detail  # and /etc/passwd was not read
 
 
@@ -776,10 +776,10 @@ def test_unreadable_json_document(data, code):
 
 
 def test_a_too_large_document_is_refused_unread():
-    started = time.monotonic()
     huge = b"<alerts>" + b"<alert/>" * (MAX_DOCUMENT_BYTES // 8) + b"</alerts>"
+    started = time.monotonic()
     assert _feed_error(parse_cap_xml, huge).detail.startswith(f"{len(huge)} bytes")
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 5  # refused on its size, before parsing
 
 
 def test_json_unpaired_surrogate_is_an_invalid_value():

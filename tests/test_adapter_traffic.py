@@ -255,8 +255,8 @@ def test_trafikverket_invalid_items_are_quarantined_and_the_valid_sibling_parsed
         ("invalid_timestamp", "SE_STA_TRISSID_1_9200007", "Deviation.VersionTime: "),
         ("invalid_value", None, "Situation[0].Deviation[8]: "),
         ("missing_field", "SE_STA_TRISSID_1_9200010", "Deviation.VersionTime: missing"),
-        ("invalid_value", "SE_STA_TRISSID_1_9200020", "Situation.Deleted: "),
-        ("missing_field", "SE_STA_TRISSID_1_9200030", "Situation.Deviation: missing"),
+        ("invalid_value", None, "Situation.Deleted: "),  # situation-level: no item id
+        ("missing_field", None, "Situation.Deviation: missing"),
     ]
     assert [(c, i) for c, i, _ in got] == [(c, i) for c, i, _ in expected]
     for (_, _, detail), (_, _, start) in zip(got, expected, strict=True):
@@ -442,7 +442,7 @@ def test_trafikverket_small_rules() -> None:
     ("situation", "problem"),
     [
         ("en situation", ("invalid_value", None, "Situation[0]: Situation is not an object")),
-        ({"Id": 7, "Deviation": {}}, ("invalid_value", "7", "Situation.Deviation: not a list")),
+        ({"Id": 7, "Deviation": {}}, ("invalid_value", None, "Situation.Deviation: not a list")),
     ],
 )
 def test_trafikverket_bad_situations(situation: Any, problem: tuple[str, str | None, str]) -> None:

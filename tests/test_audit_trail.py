@@ -359,3 +359,20 @@ async def test_verify_against_a_checkpoint_noted_outside_nats(
     forged = f"{latest['number']}:{'0' * 64}"
     assert await asyncio.to_thread(main, [*base, "--expect", forged]) == EXIT_CHECK_FAILED
     assert await asyncio.to_thread(main, [*base, "--expect", "one:two"]) == 2
+
+
+async def test_an_idle_trail_is_not_sealed_over_and_over(broker: Service, net: Actors) -> None:
+    await traffic(net, 1)
+    await seal_all(broker)
+    assert broker.sealer is not None
+    assert broker.bus is not None
+    _, before = await broker.bus.stream_bounds(subjects.AUDIT_STREAM)
+    for _ in range(3):  # only the last checkpoint's own event is new: nothing to seal
+        assert await broker.sealer.seal() is None
+    _, after = await broker.bus.stream_bounds(subjects.AUDIT_STREAM)
+    assert after == before
+    await traffic(net, 1)  # new events: sealed, with the previous checkpoint among them
+    checkpoint = await broker.sealer.seal()
+    assert checkpoint is not None
+    assert checkpoint.first == before
+    assert (await report(broker))["verified"]

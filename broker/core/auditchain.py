@@ -356,8 +356,8 @@ def verify_trail(
             break
         run.append(checkpoint)
         after, number = checkpoint, number + 1
-    stray = sorted(n for n in by_number if n >= number)
-    if stray:
+    stray = sorted(n for n in by_number if n > number)
+    if stray and number not in by_number:
         found(
             None,
             "checkpoint_missing",

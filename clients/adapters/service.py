@@ -732,6 +732,13 @@ class Ingest:
     ) -> None:
         name = source.name
         state, _, client, _ = self._running()
+        if alert.sent < 0 or (alert.expires is not None and alert.expires < 0):
+            # Before 1970: never sent (the state could not record it, and it would go
+            # out again on every fetch).
+            problem = ItemProblem("invalid_timestamp", "a time before 1970", alert.item_id[:200])
+            if self._quarantine_problem(source, problem, "", alert=alert):
+                outcome.quarantined += 1
+            return
         try:
             if state.seen(name, alert):
                 self.metrics.duplicates.labels(source=name).inc()

@@ -117,7 +117,9 @@ def parse_trafikverket(data: bytes) -> ParseResult:
         try:
             deviations, deleted = _situation_parts(situation, where)
         except _Invalid as e:
-            problems.append(_problem(e, situation, _id_or_none(situation)))
+            # No item id: state holds deviation ids, and a situation's id named here
+            # would let the runtime take its deviations for "disappeared" and cancel them.
+            problems.append(_problem(e, situation, None))
             continue
         for d_index, deviation in enumerate(deviations):
             try:
