@@ -259,3 +259,26 @@ def test_identity_for_another_actor_in_a_file_is_refused(
     save_identity(path, Identity.generate("solna"))
     with pytest.raises(ConfigurationError, match="not 'nacka'"):
         Client(**options(live, dead_url, tmp_path / "s", keys=path))
+
+
+async def test_directory_versions_signed_by_a_rotated_authority_key_are_adopted(
+    live: DemoRegion, dead_url: str, tmp_path: Path
+) -> None:
+    """v2 lists a new authority key (signed by the old one); v3 is signed by the new key
+    only. A client pinned to the original key follows the chain to v3."""
+    from broker.core import KeyRecord, SigningKeyPair, sign_directory, successor, verify_directory
+
+    new_authority = SigningKeyPair.generate()
+    now = now_ms()
+    record = KeyRecord.for_key(new_authority.public, not_before=now - 1000, not_after=now + 10**9)
+    v1 = live.directory
+    v2_doc = successor(v1, issued=now, authority_keys=(*v1.document.authority_keys, record))
+    v2_raw = sign_directory(v2_doc, live.authority)
+    v2 = verify_directory(v2_raw, pinned=live.authority.public, previous=v1)
+    v3_raw = sign_directory(successor(v2, issued=now + 1), new_authority)
+    seeds = [v1.raw, v2_raw, v3_raw]
+    async with Client.connect(**options(live, dead_url, tmp_path / "s", directory=seeds)) as c:
+        assert c.directory.version == 3
+    # And from the cache alone, after a restart.
+    async with Client.connect(**options(live, dead_url, tmp_path / "s", directory=[])) as c:
+        assert c.directory.version == 3
