@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -40,9 +39,11 @@ from broker.core.auditchain import (
     verify_checkpoint,
     verify_trail,
 )
+from broker.core.keys import b64, unb64
 from broker.core.notices import BrokerIdentity
 
 from . import subjects
+from .audit_index import concerns
 from .bus import JetStreamBus, KvConflict
 
 log = logging.getLogger("ssr.audit")
@@ -214,20 +215,23 @@ async def verify_stream(
     _, through = await bus.stream_bounds(subjects.AUDIT_STREAM)
     entries = await read_trail(bus)
     expected = None
+    unreadable = False
     if found is not None:
         try:
             latest = parse_checkpoint(found.value)
             expected = {"number": latest.number, "hash": latest.hash}
         except AuditChainError:
-            return _with(
-                verify_trail(entries, directories),
-                Finding(
-                    None,
-                    "checkpoint_invalid",
-                    "the latest checkpoint in the state bucket is unreadable",
-                ),
-            )
+            unreadable = True  # reported below; the tail and the anchor are still checked
     report = verify_trail(entries, directories, expected=expected, through=through)
+    if unreadable:
+        report = _with(
+            report,
+            Finding(
+                None,
+                "checkpoint_invalid",
+                "the latest checkpoint in the state bucket is unreadable",
+            ),
+        )
     if anchor is not None:
         pinned = verify_trail(entries, directories, expected=anchor, through=through)
         for finding in pinned.findings:
@@ -278,14 +282,10 @@ class AuditWatch:
 # --- exports ------------------------------------------------------------------------------
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def _unb64(text: object) -> bytes:
-    if not isinstance(text, str):
+    if not isinstance(text, str):  # keys.unb64 expects a str
         raise ValueError("not a base64 string")
-    return base64.b64decode(text, validate=True)
+    return unb64(text)
 
 
 def _event_fields(data: bytes) -> dict[str, Any] | None:
@@ -303,10 +303,7 @@ def _selected(data: bytes, start: int, end: int, actor: str | None) -> bool:
     at = doc.get("at")
     if not isinstance(at, int) or not start <= at < end:
         return False
-    if actor is None:
-        return True
-    recipients = doc.get("recipients")
-    return doc.get("actor") == actor or (isinstance(recipients, list) and actor in recipients)
+    return actor is None or concerns(doc, actor)
 
 
 class ExportRefused(AuditChainError):
@@ -385,7 +382,7 @@ def build_export(
             event = stored.get(seq)
             if event is None:
                 continue  # a gap in the stream: the export shows it as deleted
-            out_entries.append([seq, _b64(event) if seq in keep else None])
+            out_entries.append([seq, b64(event) if seq in keep else None])
     before = checkpoints.get(covering[0].number - 1) if covering else None
     expected = {"number": covering[-1].number, "hash": covering[-1].hash} if covering else None
     body = {
@@ -395,8 +392,8 @@ def build_export(
         "broker": identity.broker,
         "signer_key": identity.signing.key_id,
         "filter": {"from": start, "to": end, "actor": actor},
-        "directory": [_b64(d.raw) for d in directories],
-        "start": None if before is None else _b64(before.raw),
+        "directory": [b64(d.raw) for d in directories],
+        "start": None if before is None else b64(before.raw),
         "expected": expected,
         "entries": out_entries,
     }

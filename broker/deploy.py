@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 from broker import subjects
 from broker.core import ActorStatus, VerifiedDirectory
+from broker.embedded import DEFAULT_MAX_PAYLOAD
 
 __all__ = [
     "BROKER_USER",
@@ -83,7 +84,7 @@ DEFAULT_MONITOR_PORT = 8222
 DEFAULT_STORE_DIR = "/var/lib/ssr-nats"
 CLUSTER_SIZE = 3
 PASSWORD_BYTES = 32
-MAX_PAYLOAD = 8 * 1024 * 1024  # as broker.embedded: a 4 MiB envelope plus headers
+MAX_PAYLOAD = DEFAULT_MAX_PAYLOAD  # as the embedded server: a 4 MiB envelope plus headers
 KV_BUCKETS = (subjects.DIRECTORY_BUCKET, subjects.STATE_BUCKET, subjects.MESSAGES_BUCKET)
 JS_API = "$JS.API"
 

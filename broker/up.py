@@ -35,34 +35,43 @@ async def up(config: BrokerConfig, *, demo: bool = True, once: bool = False) -> 
         # Where clients on this machine find the embedded server (``ssr --demo-dir``).
         url_file = config.data_dir / NATS_URL_FILE
         url_file.write_text(service.nats_url + "\n", encoding="ascii")
-        if demo:
-            print("sending the demo scenario ...")
-            directory = service.router.state.directory if service.router else None
-            assert directory is not None
-            report = await run_scenario(
-                service.nats_url,
-                load_demo_identities(config),
-                directory,
-                datadir.policy(config),
-            )
-            print("\n".join(report))
-        print(
-            "\nwhere to look:\n"
-            f"  {service.http.url}/metrics   Prometheus metrics (ssr_broker_*)\n"
-            f"  {service.http.url}/readyz    readiness\n"
-            f"  {service.http.url}/console/  security officers' console (officer keys in"
-            f" {config.data_dir}/keys/officers/)\n"
-            f"  {config.data_dir}/           keys, signed directory, policy, NATS store\n"
-            f"  ssr --demo-dir {config.data_dir} send --actor nacka --to solna --label INTERN"
-            " --tlp GREEN --text hej      (see docs/integrating.md)\n"
-            "  audit events are on the stream SSR_AUDIT, sealed with signed checkpoints:"
-            f" ssr audit verify --data-dir {config.data_dir}\n"
-        )
-        if not once:
-            print("Ctrl-C stops everything.")
-            await stop.wait()
-        url_file.unlink(missing_ok=True)
+        try:
+            await _show_and_wait(service, config, demo=demo, once=once, stop=stop)
+        finally:
+            url_file.unlink(missing_ok=True)  # no stale URL for local clients
     print("stopped cleanly.")
+
+
+async def _show_and_wait(
+    service: Service, config: BrokerConfig, *, demo: bool, once: bool, stop: asyncio.Event
+) -> None:
+    assert service.http is not None
+    if demo:
+        print("sending the demo scenario ...")
+        directory = service.router.state.directory if service.router else None
+        assert directory is not None
+        report = await run_scenario(
+            service.nats_url,
+            load_demo_identities(config),
+            directory,
+            datadir.policy(config),
+        )
+        print("\n".join(report))
+    print(
+        "\nwhere to look:\n"
+        f"  {service.http.url}/metrics   Prometheus metrics (ssr_broker_*)\n"
+        f"  {service.http.url}/readyz    readiness\n"
+        f"  {service.http.url}/console/  security officers' console (officer keys in"
+        f" {config.data_dir}/keys/officers/)\n"
+        f"  {config.data_dir}/           keys, signed directory, policy, NATS store\n"
+        f"  ssr --demo-dir {config.data_dir} send --actor nacka --to solna --label INTERN"
+        " --tlp GREEN --text hej      (see docs/integrating.md)\n"
+        "  audit events are on the stream SSR_AUDIT, sealed with signed checkpoints:"
+        f" ssr audit verify --data-dir {config.data_dir}\n"
+    )
+    if not once:
+        print("Ctrl-C stops everything.")
+        await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
