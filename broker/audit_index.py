@@ -43,7 +43,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from broker.core import canonical, crypto
+from broker.core import auditchain, canonical, crypto
 from broker.core.errors import CanonicalJsonError
 
 from . import subjects
@@ -66,8 +66,9 @@ __all__ = [
 log = logging.getLogger("ssr.audit_index")
 
 SCHEMA_VERSION: Final = 1
-MAX_EVENT_BYTES: Final = 64 * 1024  # refused before parsing
-MAX_CHECKPOINT_BYTES: Final = 160 * 1024  # a checkpoint lists up to 1024 leaves (~70 KiB more)
+# Refused before parsing: the bounds the audit chain itself applies.
+MAX_EVENT_BYTES: Final = auditchain.MAX_EVENT_BYTES
+MAX_CHECKPOINT_BYTES: Final = auditchain.MAX_CHECKPOINT_BYTES
 MAX_FIELD_CHARS: Final = 256  # ids, reason codes, status values
 MAX_DETAIL_CHARS: Final = 2000
 MAX_EVENT_RECIPIENTS: Final = 1000

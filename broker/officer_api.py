@@ -374,6 +374,22 @@ class _OfficerApi:
 
     # --- auditing the officers themselves ---
 
+    async def _record(
+        self,
+        kind: AuditKind,
+        request: web.Request,
+        session: Session,
+        actor: str | None,
+        message: str | None,
+    ) -> None:
+        await self.ctx.audit(
+            kind,
+            officer=session.officer,
+            actor=actor,
+            message=message,
+            detail=_request_line(request),
+        )
+
     async def _audited(
         self,
         request: web.Request,
@@ -384,13 +400,7 @@ class _OfficerApi:
     ) -> None:
         """Record a query before answering it; no answer when it cannot be recorded."""
         try:
-            await self.ctx.audit(
-                AuditKind.OFFICER_QUERY,
-                officer=session.officer,
-                actor=actor,
-                message=message,
-                detail=_request_line(request),
-            )
+            await self._record(AuditKind.OFFICER_QUERY, request, session, actor, message)
         except BrokerError as exc:
             log.error("officer query not answered: audit event failed: %s", exc.message)
             raise _Refusal(
@@ -407,13 +417,7 @@ class _OfficerApi:
     ) -> None:
         """Record a refusal for scope; the refusal is answered even if this fails."""
         try:
-            await self.ctx.audit(
-                AuditKind.OFFICER_DENIED,
-                officer=session.officer,
-                actor=actor,
-                message=message,
-                detail=_request_line(request),
-            )
+            await self._record(AuditKind.OFFICER_DENIED, request, session, actor, message)
         except BrokerError as exc:
             log.error("officer %s denied, and the audit event failed: %s", session.officer, exc)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,11 +136,6 @@ class Transport:
     async def kv_keys(self, bucket: str) -> list[str]:
         with _mapped():
             return await self.bus.kv_keys(bucket)
-
-    async def watch(self, bucket: str, key: str) -> AsyncIterator[bytes]:
-        with _mapped():
-            async for value in self.bus.kv_values(bucket, key):
-                yield value
 
 
 __all__ = ["Delivery", "Transport", "inbox_prefix"]

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import sys
-from collections.abc import Callable
 
 from clients.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, CliError
+from clients.cli_messages import _OneLine, _stop_on_signals
 
 from ._errors import ClientError, ConfigurationError, Unavailable
 from .adapters.config import IngestConfig, IngestConfigError, load_config
@@ -92,36 +90,10 @@ async def _serve(config: IngestConfig) -> int:
     return EXIT_OK
 
 
-def _stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-
-    def restore() -> None:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-
-    return restore
-
-
-class _OneLine(logging.Formatter):
-    def __init__(self, verbose: bool) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self.verbose = verbose
-
-    def format(self, record: logging.LogRecord) -> str:
-        if not self.verbose:
-            record.exc_info, record.exc_text, record.stack_info = None, None, None
-        return super().format(record)
-
-
 def _configure_logging(verbose: bool, *, quiet: bool) -> None:
     # Only where nobody configured logging (a host program or a test runner keeps its own).
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLine(verbose))
+    handler.setFormatter(_OneLine(verbose, "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
     logging.basicConfig(level=level, handlers=[handler])
 

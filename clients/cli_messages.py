@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 from broker.core import Label, MessageType, Policy, PolicyError, Priority, Status, Tlp, load_policy
 from broker.core.wire import SLUG_PATTERN
+from broker.up import NATS_URL_FILE
 from clients.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, MAX_INPUT_BYTES, CliError
 
 from . import (
@@ -72,7 +73,6 @@ ENV_NATS_URLS = "SSR_NATS_URLS"
 ENV_STATE_DIR = "SSR_STATE_DIR"
 ENV_POLICY = "SSR_POLICY"
 ENV_DEMO_DIR = "SSR_DEMO_DIR"
-NATS_URL_FILE = "nats.url"  # as broker.up writes it
 
 CONNECT_TIMEOUT_S = 10.0  # the longest any verb tries to reach NATS at start
 DEFAULT_TIMEOUT_S = 30.0
@@ -337,8 +337,10 @@ def _cli_error(exc: ClientError) -> CliError:
 class _OneLine(logging.Formatter):
     """Log records as single lines: no tracebacks unless --verbose."""
 
-    def __init__(self, verbose: bool) -> None:
-        super().__init__("ssr: %(levelname)s %(name)s: %(message)s")
+    def __init__(
+        self, verbose: bool, fmt: str = "ssr: %(levelname)s %(name)s: %(message)s"
+    ) -> None:
+        super().__init__(fmt)
         self.verbose = verbose
 
     def format(self, record: logging.LogRecord) -> str:
