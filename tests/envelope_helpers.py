@@ -205,6 +205,7 @@ def decide_at(
     seen: Container[str] = frozenset(),
     origin: ForwardOrigin | None = None,
     incidents: Mapping[str, Incident] | None = None,
+    draft: ForwardOrigin | None = None,
 ) -> Decision:
     return decide(
         raw,
@@ -215,6 +216,7 @@ def decide_at(
         seen=seen,
         origin=origin,
         incidents=incidents,
+        draft=draft,
     )
 
 

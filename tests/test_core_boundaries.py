@@ -53,6 +53,11 @@ EXPECTED_EXPORTS = {
     "save_identity", "sign_directory", "successor", "verify_chain", "verify_directory",
     "verify_receipt", "BrokerService", "PrincipalKind", "Control", "Incident", "BrokerIdentity",
     "NoticeBody", "NoticeError", "NoticeKind", "make_notice", "verify_notice",
+    # crisis workflows: key grants for late joiners, offline bundles, press lines, catalogue
+    "BundleBody", "BundleError", "VerifiedBundle", "make_bundle", "verify_bundle",
+    "GrantBody", "GrantError", "VerifiedGrant", "grantable", "make_grant", "open_grant",
+    "verify_grant", "IncidentEntry", "IncidentType", "PressStage", "SealedEnvelope",
+    "seal_envelope", "decrypt_own",
 }  # fmt: skip
 
 

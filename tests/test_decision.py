@@ -21,11 +21,13 @@ from broker.core import (
     Control,
     Identity,
     Incident,
+    IncidentType,
     KeyRecord,
     Label,
     MessageType,
     Mode,
     Policy,
+    PressStage,
     Priority,
     Reason,
     ReceiptKind,
@@ -316,6 +318,53 @@ def _not_incident_participant(region, make_envelope):
     return Case(raw, {"incidents": storm(make_envelope)}, recipients=("huddinge",))
 
 
+CATALOGUE = Policy(incident_types={"storm": IncidentType(name="Storm")})
+PUBLIC = Label(policy="ssr", classification="OFFENTLIG", tlp=Tlp.CLEAR)
+
+
+@scenario(Reason.INCIDENT_TYPE_UNKNOWN)
+def _incident_type_unknown(region, make_envelope):
+    raw = make_envelope(
+        sender="polisen-stockholm",
+        to=("nacka",),
+        message_type=MessageType.ACTIVATION,
+        incident="vulkan-2026",
+        control=Control(incident_type="volcano"),
+    )
+    return Case(raw, {"policy": CATALOGUE})
+
+
+@scenario(Reason.PRESS_LINE_UNAPPROVED)
+def _press_line_unapproved(region, make_envelope):
+    # A press line marked public before the communication lead approved it.
+    raw = make_envelope(message_type=MessageType.COMMUNICATION, label=PUBLIC)
+    return Case(raw)
+
+
+@scenario(Reason.PRESS_APPROVAL_NOT_LEAD)
+def _press_approval_not_lead(region, make_envelope):
+    raw = make_envelope(
+        message_type=MessageType.COMMUNICATION,
+        incident=INCIDENT,
+        label=PUBLIC,
+        control=Control(press=PressStage.APPROVED),
+    )
+    return Case(raw, {"incidents": storm(make_envelope)})
+
+
+@scenario(Reason.PRESS_DRAFT_UNKNOWN)
+def _press_draft_unknown(region, make_envelope):
+    raw = make_envelope(
+        sender="polisen-stockholm",
+        to=("nacka", "sos-alarm", "stockholm"),
+        message_type=MessageType.COMMUNICATION,
+        incident=INCIDENT,
+        label=PUBLIC,
+        control=Control(press=PressStage.APPROVED),
+    )
+    return Case(raw, {"incidents": storm(make_envelope)})
+
+
 # --- recipients ------------------------------------------------------------------
 
 
@@ -464,6 +513,7 @@ def test_every_reason(reason, region, make_envelope):
         Reason.REQUIRED_RECIPIENT_MISSING,
         Reason.RECIPIENT_INACTIVE,
         Reason.RECIPIENT_KEY_INVALID,
+        Reason.INCIDENT_TYPE_UNKNOWN,
     ],
     ids=str,
 )
@@ -1289,3 +1339,152 @@ def test_the_reserved_receipt_type_is_refused_by_default(region, make_envelope):
     decision = decide_at(raw, region)
     assert isinstance(decision, Reject)
     assert decision.reason is Reason.TYPE_NOT_ALLOWED
+
+
+# --- press lines, requests, the catalogue ----------------------------------------
+
+
+def _draft(make_envelope, sender="nacka"):
+    return make_envelope(
+        sender=sender,
+        to=tuple(p for p in PARTICIPANTS if p != sender),
+        message_type=MessageType.COMMUNICATION,
+        incident=INCIDENT,
+        control=Control(press=PressStage.DRAFT),
+    )
+
+
+def _approval(make_envelope, draft_raw, *, sender="polisen-stockholm", label=PUBLIC):
+    draft = header_of(draft_raw)
+    return make_envelope(
+        sender=sender,
+        to=tuple(p for p in PARTICIPANTS if p != sender),
+        message_type=MessageType.COMMUNICATION,
+        incident=INCIDENT,
+        label=label,
+        control=Control(press=PressStage.APPROVED),
+        references=(
+            Reference(
+                kind=ReferenceKind.UPDATE,
+                message=draft.id,
+                header_hash=header_hash(split(draft_raw).sections[0]).hex(),
+            ),
+        ),
+    )
+
+
+def test_the_leads_approval_of_a_known_draft_goes_public(region, make_envelope):
+    draft_raw = _draft(make_envelope)
+    incidents = storm(make_envelope)
+    assert isinstance(decide_at(draft_raw, region, incidents=incidents), Accept)
+    approval = _approval(make_envelope, draft_raw)
+    decision = decide_at(approval, region, incidents=incidents, draft=origin_of(draft_raw, region))
+    assert isinstance(decision, Accept), decision
+
+
+def test_a_draft_may_not_be_public(region, make_envelope):
+    raw = make_envelope(
+        message_type=MessageType.COMMUNICATION,
+        incident=INCIDENT,
+        label=PUBLIC,
+        control=Control(press=PressStage.DRAFT),
+        to=("polisen-stockholm", "sos-alarm", "stockholm"),
+    )
+    decision = decide_at(raw, region, incidents=storm(make_envelope))
+    assert decision.reason is Reason.PRESS_LINE_UNAPPROVED
+
+
+@pytest.mark.parametrize("fault", ["other-message", "not-a-draft", "other-incident", "hash"])
+def test_an_approval_must_name_the_draft_it_approves(fault, region, make_envelope):
+    draft_raw = _draft(make_envelope)
+    approval = _approval(make_envelope, draft_raw)
+    incidents = storm(make_envelope)
+    if fault == "other-message":
+        known = origin_of(_draft(make_envelope), region)
+    elif fault == "not-a-draft":
+        report = make_envelope(incident=INCIDENT, to=("sos-alarm",))
+        known = origin_of(report, region)
+        approval = _approval(make_envelope, report)
+    elif fault == "other-incident":
+        other = make_envelope(
+            message_type=MessageType.COMMUNICATION, control=Control(press=PressStage.DRAFT)
+        )
+        known = origin_of(other, region)
+        approval = _approval(make_envelope, other)
+    else:
+        original = origin_of(draft_raw, region)
+        known = ForwardOrigin(original.header, "0" * 64)
+    decision = decide_at(approval, region, incidents=incidents, draft=known)
+    assert decision.reason is Reason.PRESS_DRAFT_UNKNOWN
+
+
+def test_a_named_communication_lead_approves_instead_of_the_owner(region, make_envelope):
+    incidents = storm(make_envelope)
+    incidents[INCIDENT] = incidents[INCIDENT].model_copy(update={"communication_lead": "stockholm"})
+    draft_raw = _draft(make_envelope)
+    by_owner = _approval(make_envelope, draft_raw)
+    by_lead = _approval(make_envelope, draft_raw, sender="stockholm")
+    known = origin_of(draft_raw, region)
+    assert decide_at(by_owner, region, incidents=incidents, draft=known).reason is (
+        Reason.PRESS_APPROVAL_NOT_LEAD
+    )
+    assert isinstance(decide_at(by_lead, region, incidents=incidents, draft=known), Accept)
+
+
+def test_the_communication_lead_must_take_part(region, make_envelope):
+    raw = make_envelope(
+        sender="polisen-stockholm",
+        to=("nacka",),
+        message_type=MessageType.ACTIVATION,
+        incident="ny-2026",
+        control=Control(incident_type="storm", communication_lead="huddinge"),
+    )
+    assert decide_at(raw, region).reason is Reason.CONTROL_INVALID
+    ok = make_envelope(
+        sender="polisen-stockholm",
+        to=("nacka",),
+        message_type=MessageType.ACTIVATION,
+        incident="ny-2026",
+        control=Control(incident_type="storm", communication_lead="nacka"),
+    )
+    decision = decide_at(ok, region)
+    assert isinstance(decision, Accept)
+    assert opened_by(decision.envelope.header, None).lead == "nacka"
+
+
+@pytest.mark.parametrize(
+    ("deadline", "accepted"),
+    [(NOW + MINUTE, True), (NOW + HOUR, True), (NOW, False), (NOW + HOUR + 1, False)],
+)
+def test_a_request_deadline_falls_within_its_lifetime(deadline, accepted, region, make_envelope):
+    raw = make_envelope(message_type=MessageType.REQUEST, control=Control(deadline=deadline))
+    decision = decide_at(raw, region)
+    assert isinstance(decision, Accept) is accepted
+    if not accepted:
+        assert decision.reason is Reason.CONTROL_INVALID
+
+
+@pytest.mark.parametrize(
+    ("message_type", "control"),
+    [
+        (MessageType.SITUATION_REPORT, Control(deadline=NOW + MINUTE)),
+        (MessageType.REQUEST, Control(press=PressStage.DRAFT)),
+        (MessageType.COMMUNICATION, Control(deadline=NOW + MINUTE)),
+        (MessageType.COMMUNICATION, Control(press=PressStage.DRAFT)),  # no incident
+        (MessageType.ALERT, Control(communication_lead="nacka")),
+    ],
+    ids=str,
+)
+def test_new_control_fields_only_where_they_belong(message_type, control, region, make_envelope):
+    raw = make_envelope(message_type=message_type, control=control)
+    assert decide_at(raw, region).reason is Reason.CONTROL_INVALID
+
+
+def test_a_catalogue_accepts_its_own_types(region, make_envelope):
+    raw = make_envelope(
+        sender="polisen-stockholm",
+        to=("nacka",),
+        message_type=MessageType.ACTIVATION,
+        **NEW_INCIDENT,
+    )
+    assert isinstance(decide_at(raw, region, policy=CATALOGUE), Accept)

@@ -14,9 +14,13 @@ are passed in. Modules:
 - ``envelope``   building, verifying and opening envelopes
 - ``decision``   the broker's accept/reject decision
 - ``receipts``   delivered/read/acknowledged receipts
+- ``incidents``  the broker's incident record
+- ``grants``     key grants for actors that join an incident late
+- ``bundles``    signed offline bundles of envelopes
 - ``errors``     the exception tree
 """
 
+from .bundles import BundleBody, VerifiedBundle, make_bundle, verify_bundle
 from .decision import Accept, Decision, ForwardOrigin, Reason, Reject, decide
 from .directory import (
     Actor,
@@ -38,26 +42,33 @@ from .envelope import (
     Control,
     Header,
     OpenedEnvelope,
+    PressStage,
     RecipientKey,
     Reference,
+    SealedEnvelope,
     SignedEnvelope,
     build_envelope,
+    decrypt_own,
     open_envelope,
     read_envelope,
+    seal_envelope,
 )
 from .errors import (
+    BundleError,
     CanonicalJsonError,
     CoreError,
     DirectoryError,
     EnvelopeError,
     FrameError,
+    GrantError,
     KeyFileError,
     MalformedInput,
     OpenError,
     PolicyError,
     ReceiptError,
 )
-from .incidents import Incident
+from .grants import GrantBody, VerifiedGrant, grantable, make_grant, open_grant, verify_grant
+from .incidents import Incident, IncidentEntry
 from .keys import EncryptionKeyPair, Identity, SigningKeyPair, load_identity, save_identity
 from .labels import DEFAULT_CEILING, STANDARD_LADDER, Label, Ladder, Tlp
 from .notices import (
@@ -68,7 +79,7 @@ from .notices import (
     make_notice,
     verify_notice,
 )
-from .policy import Policy, load_policy
+from .policy import IncidentType, Policy, load_policy
 from .receipts import (
     ReceiptBody,
     ReceiptKind,
@@ -88,6 +99,8 @@ __all__ = [
     "ActorStatus",
     "BrokerIdentity",
     "BrokerService",
+    "BundleBody",
+    "BundleError",
     "CanonicalJsonError",
     "Control",
     "CoreError",
@@ -98,10 +111,14 @@ __all__ = [
     "EnvelopeError",
     "ForwardOrigin",
     "FrameError",
+    "GrantBody",
+    "GrantError",
     "Group",
     "Header",
     "Identity",
     "Incident",
+    "IncidentEntry",
+    "IncidentType",
     "KeyFileError",
     "KeyRecord",
     "Label",
@@ -117,6 +134,7 @@ __all__ = [
     "OpenedEnvelope",
     "Policy",
     "PolicyError",
+    "PressStage",
     "PrincipalKind",
     "Priority",
     "Reason",
@@ -128,26 +146,37 @@ __all__ = [
     "ReferenceKind",
     "Reject",
     "Role",
+    "SealedEnvelope",
     "SignedEnvelope",
     "SigningKeyPair",
     "Status",
     "Tlp",
+    "VerifiedBundle",
     "VerifiedDirectory",
+    "VerifiedGrant",
     "VerifiedReceipt",
     "build_envelope",
     "check_receipt_matches",
     "decide",
+    "decrypt_own",
+    "grantable",
     "load_identity",
     "load_policy",
+    "make_bundle",
+    "make_grant",
     "make_notice",
     "make_receipt",
     "open_envelope",
+    "open_grant",
     "read_envelope",
     "save_identity",
+    "seal_envelope",
     "sign_directory",
     "successor",
+    "verify_bundle",
     "verify_chain",
     "verify_directory",
+    "verify_grant",
     "verify_notice",
     "verify_receipt",
 ]

@@ -7,7 +7,9 @@ that does not names its :class:`Reason`. The checks, in order:
     size  ->  frame and signature  ->  sender and key validity  ->  times
     ->  replay  ->  recipient count  ->  label vs policy, ceiling, sender
     ->  message-type rights  ->  mode's required recipients
-    ->  control fields fit the type  ->  incident (known, open, owner, participants, status)
+    ->  control fields fit the type (incident type in the catalogue)
+    ->  incident (known, open, owner, participants, status)
+    ->  press lines (only the lead's approval of a known draft may go public)
     ->  each recipient (known, active, key, clearance, categories)
     ->  forward rules (TLP, label never lowered)
 
@@ -22,12 +24,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from .directory import ActorStatus, VerifiedDirectory
-from .envelope import Header, SignedEnvelope, read_envelope
+from .envelope import Header, PressStage, SignedEnvelope, read_envelope
 from .errors import EnvelopeError
 from .incidents import Incident
 from .labels import NEVER_FORWARDED, Tlp
 from .policy import Policy
-from .vocabulary import MessageType, Mode, Role, Status
+from .vocabulary import MessageType, Mode, ReferenceKind, Role, Status
 
 
 class Reason(StrEnum):
@@ -69,6 +71,10 @@ class Reason(StrEnum):
     INCIDENT_OWNER_ONLY = "incident_owner_only"
     INCIDENT_STATUS_MISMATCH = "incident_status_mismatch"
     NOT_INCIDENT_PARTICIPANT = "not_incident_participant"
+    INCIDENT_TYPE_UNKNOWN = "incident_type_unknown"
+    PRESS_LINE_UNAPPROVED = "press_line_unapproved"
+    PRESS_APPROVAL_NOT_LEAD = "press_approval_not_lead"
+    PRESS_DRAFT_UNKNOWN = "press_draft_unknown"
 
 
 @dataclass(frozen=True)
@@ -141,12 +147,15 @@ def decide(
     seen: Container[str],
     origin: ForwardOrigin | None = None,
     incidents: Mapping[str, Incident] | None = None,
+    draft: ForwardOrigin | None = None,
 ) -> Decision:
     """Decide one submitted envelope. ``seen`` holds message ids already accepted.
 
     ``origin`` is the referenced original when the envelope is a forward
     (the broker looks it up by the forward reference); without it a forward
     is refused. ``incidents`` holds the incidents the broker knows, by id.
+    ``draft`` is the press-line draft an approval refers to (looked up the same way);
+    without it an approval is refused.
     """
     try:
         envelope = read_envelope(raw, directory, max_bytes=policy.limits.max_envelope_bytes)
@@ -163,6 +172,7 @@ def decide(
             seen=seen,
             origin=origin,
             incidents=incidents or {},
+            draft=draft,
         )
     except _Refusal as refusal:
         return Reject(refusal.reason, refusal.detail, refusal.recipients, header.id, header.sender)
@@ -180,6 +190,7 @@ def _check(
     seen: Container[str],
     origin: ForwardOrigin | None,
     incidents: Mapping[str, Incident],
+    draft: ForwardOrigin | None,
 ) -> None:
     header, sender, key = envelope.header, envelope.sender, envelope.sender_key
     limits = policy.limits
@@ -202,8 +213,9 @@ def _check(
         raise _Refusal(Reason.TOO_MANY_RECIPIENTS, f"more than {limits.max_recipients} recipients")
     _check_label(header, envelope, policy)
     _check_rights(header, envelope, policy, mode)
-    _check_control(header)
+    _check_control(header, policy)
     _check_incident(header, envelope, incidents)
+    _check_press(header, policy, incidents, draft)
     _check_recipients(envelope, directory, policy, now)
     if header.forwarded() is not None:
         _check_forward(header, policy, origin)
@@ -251,18 +263,82 @@ def _check_rights(header: Header, envelope: SignedEnvelope, policy: Policy, mode
         )
 
 
-def _check_control(header: Header) -> None:
-    control = header.control
-    if header.type is MessageType.MODE_CHANGE:
-        ok = control is not None and control.mode is not None and control.incident_type is None
-    elif header.type is MessageType.ACTIVATION:
-        ok = control is not None and control.mode is None and header.incident is not None
+def _check_control(header: Header, policy: Policy) -> None:
+    control, kind = header.control, header.type
+    fields = set() if control is None else set(control.model_dump(exclude_none=True))
+    if kind is MessageType.MODE_CHANGE:
+        ok = fields == {"mode"}
+    elif kind is MessageType.ACTIVATION:
+        ok = control is not None and header.incident is not None
+        ok = ok and fields <= {"incident_type", "communication_lead"}
+        lead = control.communication_lead if control else None
+        if lead is not None and lead not in (header.sender, *header.recipients):
+            raise _Refusal(Reason.CONTROL_INVALID, "the communication lead must take part")
+    elif kind is MessageType.REQUEST:
+        ok = fields <= {"deadline"}
+        deadline = control.deadline if control else None
+        if deadline is not None and not header.created < deadline <= header.expires:
+            raise _Refusal(
+                Reason.CONTROL_INVALID, "a request's deadline must fall within its lifetime"
+            )
+    elif kind is MessageType.COMMUNICATION:
+        ok = fields <= {"press"} and (not fields or header.incident is not None)
     else:
         ok = control is None
-    if header.type is MessageType.INCIDENT_CLOSE and header.incident is None:
+    if kind is MessageType.INCIDENT_CLOSE and header.incident is None:
         ok = False
     if not ok:
-        raise _Refusal(Reason.CONTROL_INVALID, f"{header.type.value} with wrong control fields")
+        raise _Refusal(Reason.CONTROL_INVALID, f"{kind.value} with wrong control fields")
+    incident_type = control.incident_type if control else None
+    if incident_type is not None and not policy.knows_incident_type(incident_type):
+        known = ", ".join(sorted(policy.incident_types))
+        raise _Refusal(
+            Reason.INCIDENT_TYPE_UNKNOWN,
+            f"{incident_type!r} is not in the catalogue of incident types ({known})",
+        )
+
+
+def _check_press(
+    header: Header,
+    policy: Policy,
+    incidents: Mapping[str, Incident],
+    draft: ForwardOrigin | None,
+) -> None:
+    """Only an approved press line goes public: a ``communication`` marked with the lowest
+    classification and TLP:CLEAR must be the incident's communication lead's approval of
+    a draft of that incident."""
+    if header.type is not MessageType.COMMUNICATION:
+        return
+    stage = header.control.press if header.control else None
+    public = header.label.tlp is Tlp.CLEAR and header.label.classification == policy.ladder[0]
+    if stage is not PressStage.APPROVED:
+        if public:
+            raise _Refusal(
+                Reason.PRESS_LINE_UNAPPROVED,
+                f"only an approved press line may be {policy.ladder[0]} and TLP:CLEAR",
+            )
+        return
+    incident = incidents.get(header.incident or "")
+    if incident is None or header.sender != incident.lead:
+        raise _Refusal(
+            Reason.PRESS_APPROVAL_NOT_LEAD,
+            "only the incident's communication lead approves press lines",
+        )
+    updates = [r for r in header.references if r.kind is ReferenceKind.UPDATE]
+    if (
+        len(updates) != 1
+        or draft is None
+        or draft.header.id != updates[0].message
+        or draft.header_hash != updates[0].header_hash
+        or draft.header.type is not MessageType.COMMUNICATION
+        or draft.header.control is None
+        or draft.header.control.press is not PressStage.DRAFT
+        or draft.header.incident != header.incident
+    ):
+        raise _Refusal(
+            Reason.PRESS_DRAFT_UNKNOWN,
+            "an approval must update exactly one known draft of the same incident",
+        )
 
 
 def _check_incident(

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Final, Literal, Self
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -60,15 +61,28 @@ class Reference(WireModel):
     header_hash: Hash
 
 
-class Control(WireModel):
-    """Parameters of control messages the broker must read (payloads it cannot).
+class PressStage(StrEnum):
+    """Where a press line (a ``communication`` in an incident) stands."""
 
-    ``mode`` for ``mode_change``; ``incident_type`` (a typhändelse from the
-    region's catalogue, e.g. ``storm``) for ``activation``.
+    DRAFT = "draft"  # shared with the incident's communicators for comments
+    APPROVED = "approved"  # the communication lead's approval: the line may go public
+
+
+class Control(WireModel):
+    """Parameters of messages the broker must read (payloads it cannot).
+
+    ``mode`` for ``mode_change``; for ``activation``: ``incident_type`` (a
+    typhändelse from the region's catalogue, e.g. ``storm``) and optionally the
+    incident's ``communication_lead``; ``deadline`` (epoch ms) by which a
+    ``request``'s recipients should answer; ``press`` for a press line
+    (``communication``).
     """
 
     mode: Mode | None = None
     incident_type: Slug | None = None
+    communication_lead: Slug | None = None
+    deadline: Millis | None = None
+    press: PressStage | None = None
 
 
 class Header(WireModel):
@@ -168,7 +182,21 @@ def new_message_id(rand: Random = SYSTEM_RANDOM) -> str:
     return rand(16).hex()
 
 
-def build_envelope(
+@dataclass(frozen=True)
+class SealedEnvelope:
+    """A freshly built envelope and its content key, which only the sender keeps (to grant
+    the message to an actor that joins the incident later, see ``grants``)."""
+
+    raw: bytes = field(repr=False)
+    content_key: bytes = field(repr=False)
+
+
+def build_envelope(**kwargs: Any) -> bytes:
+    """Sign and encrypt one message (arguments as for :func:`seal_envelope`)."""
+    return seal_envelope(**kwargs).raw
+
+
+def seal_envelope(
     *,
     sender: Identity,
     recipients: Sequence[RecipientKey],
@@ -185,7 +213,7 @@ def build_envelope(
     control: Control | None = None,
     message_id: str | None = None,
     rand: Random = SYSTEM_RANDOM,
-) -> bytes:
+) -> SealedEnvelope:
     """Sign and encrypt one message; ``created``/``expires`` are epoch milliseconds.
 
     Randomness comes from ``rand`` in a fixed order (message id if not given,
@@ -219,9 +247,15 @@ def build_envelope(
     nonce = rand(crypto.AEAD_NONCE_BYTES)
     ciphertext = nonce + crypto.aead_encrypt(content_key, nonce, payload, header_hash(header_bytes))
     wraps = KeyWraps(wraps=tuple(_wrap(content_key, r, rand) for r in ordered))
-    return frame.encode(
+    raw = frame.encode(
         frame.Kind.ENVELOPE, sender.signing, (header_bytes, wraps.to_bytes(), ciphertext)
     )
+    return SealedEnvelope(raw, content_key)
+
+
+def wrap_for(content_key: bytes, recipient: RecipientKey, rand: Random = SYSTEM_RANDOM) -> Wrap:
+    """Seal ``content_key`` to one recipient's encryption key."""
+    return _wrap(content_key, recipient, rand)
 
 
 def _wrap(content_key: bytes, recipient: RecipientKey, rand: Random) -> Wrap:
@@ -311,6 +345,18 @@ def open_envelope(
         signed = read_envelope(data, directory, max_bytes=policy.limits.max_envelope_bytes)
     except EnvelopeError as exc:
         raise OpenError("envelope does not verify") from exc
+    check_openable(signed, me=me, directory=directory, policy=policy, now=now)
+    wrap = next((w for w in signed.wraps if w.recipient == me.principal), None)
+    if wrap is None:
+        raise OpenError("not addressed to this actor", code="not_addressed")
+    return decrypt_with(signed, wrap, me)
+
+
+def check_openable(
+    signed: SignedEnvelope, *, me: Identity, directory: VerifiedDirectory, policy: Policy, now: int
+) -> None:
+    """The recipient's checks of a verified envelope before it unwraps anything: sender
+    active and its key valid, times, label of this policy and within ``me``'s clearance."""
     header = signed.header
     key, limits = signed.sender_key, policy.limits
     if signed.sender.status is not ActorStatus.ACTIVE:
@@ -324,9 +370,6 @@ def open_envelope(
         raise OpenError("expired", code="expired")
     if header.expires - header.created > limits.max_lifetime_seconds * 1000:
         raise OpenError("expiry too far after creation", code="lifetime_too_long")
-    wrap = next((w for w in signed.wraps if w.recipient == me.principal), None)
-    if wrap is None:
-        raise OpenError("not addressed to this actor", code="not_addressed")
     if header.label.policy != policy.id:
         raise OpenError("label belongs to another policy", code="label_invalid")
     myself = directory.actor(me.principal)
@@ -338,14 +381,28 @@ def open_envelope(
         or not ladder.cleared_for(myself.clearance, myself.categories, header.label)
     ):
         raise OpenError("label exceeds this actor's clearance", code="not_cleared")
+
+
+def decrypt_own(signed: SignedEnvelope, content_key: bytes) -> OpenedEnvelope:
+    """The sender's side: decrypt an envelope it sent with the content key it kept."""
+    try:
+        nonce = signed.ciphertext[: crypto.AEAD_NONCE_BYTES]
+        body = signed.ciphertext[crypto.AEAD_NONCE_BYTES :]
+        payload = crypto.aead_decrypt(content_key, nonce, body, bytes.fromhex(signed.header_hash))
+    except crypto.CryptoFailure as exc:
+        raise OpenError("envelope cannot be opened with this content key") from exc
+    return OpenedEnvelope(
+        header=signed.header, header_hash=signed.header_hash, payload=payload, raw=signed.raw
+    )
+
+
+def decrypt_with(signed: SignedEnvelope, wrap: Wrap, me: Identity) -> OpenedEnvelope:
+    """Unwrap the content key from ``wrap`` with ``me``'s key and decrypt the payload."""
     try:
         if wrap.key_id != me.encryption.key_id:
             raise crypto.CryptoFailure
         # The Wrap model guarantees an 80-byte box, so a box that opens holds 32 bytes.
         content_key = crypto.seal_open(unb64(wrap.sealed), me.encryption.secret)
-        nonce = signed.ciphertext[: crypto.AEAD_NONCE_BYTES]
-        body = signed.ciphertext[crypto.AEAD_NONCE_BYTES :]
-        payload = crypto.aead_decrypt(content_key, nonce, body, bytes.fromhex(signed.header_hash))
     except crypto.CryptoFailure as exc:
         raise OpenError("envelope cannot be opened") from exc
-    return OpenedEnvelope(header=header, header_hash=signed.header_hash, payload=payload, raw=data)
+    return decrypt_own(signed, content_key)

@@ -98,3 +98,15 @@ class ReceiptError(CoreError):
     """A receipt that does not verify or does not match its message."""
 
     code = "receipt_invalid"
+
+
+class GrantError(CoreError):
+    """A late joiner's key grant that cannot be built, does not verify or does not open."""
+
+    code = "grant_invalid"
+
+
+class BundleError(CoreError):
+    """An offline bundle that cannot be built or does not verify."""
+
+    code = "bundle_invalid"

@@ -3,9 +3,10 @@
     offset  size  field
     0       3     magic "SSR"
     3       1     format version, 0x01
-    4       1     kind: "E" envelope, "R" receipt, "D" directory version, "N" notice
+    4       1     kind: "E" envelope, "R" receipt, "D" directory version, "N" notice,
+                  "G" key grant, "B" offline bundle
     5       16    signer key id (first 16 bytes of SHA-256 of the Ed25519 public key)
-    21      1     number of sections n (E: 3, R: 1, D: 1, N: 1)
+    21      1     number of sections n (E: 3, G: 2, R, D, N, B: 1)
     22      ...   n times: 4-byte big-endian length L, then L bytes
     end-64  64    Ed25519 signature over every byte before it
 
@@ -36,10 +37,12 @@ class Kind(Enum):
     RECEIPT = b"R"
     DIRECTORY = b"D"
     NOTICE = b"N"
+    GRANT = b"G"
+    BUNDLE = b"B"
 
     @property
     def sections(self) -> int:
-        return 3 if self is Kind.ENVELOPE else 1
+        return {Kind.ENVELOPE: 3, Kind.GRANT: 2}.get(self, 1)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ A notice is an ``N`` frame with one section, the canonical JSON
   code and ``recipients`` the actors concerned, where the reason is about them.
 - ``escalation``: ``recipients`` have not confirmed delivery by the deadline
   the priority sets.
+- ``overdue``: ``recipients`` have not answered a ``request`` by its deadline.
+- ``grant_request``: ``recipients`` (one actor) joined the message's incident; the
+  originator's client is asked to grant it the message (see ``grants``).
 
 ``submission`` is the SHA-256 of the submitted bytes, so a sender can match a
 rejection even when the broker could not read a message id.
@@ -44,6 +47,8 @@ class NoticeKind(StrEnum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
     ESCALATION = "escalation"
+    OVERDUE = "overdue"
+    GRANT_REQUEST = "grant_request"
 
 
 class NoticeBody(WireModel):

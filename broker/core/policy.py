@@ -29,6 +29,15 @@ so it must list every priority, while a [rights] table amends the defaults)::
 
     [modes.heightened_alert.required_recipients]
     situation_report = ["lansstyrelsen-stockholm"]
+
+    [incident_types.storm]       # the catalogue of typhändelser (empty: any type)
+    name = "Storm"
+    groups = ["kommuner"]        # default participants (directory groups)
+    classification = "INTERN"
+    tlp = "AMBER"
+    priority = "priority"
+    communicators = "kommunikatorer"
+    checklist = ["Activate the TiB", "First lägesbild within 60 minutes"]
 """
 
 from __future__ import annotations
@@ -48,13 +57,15 @@ from pydantic import (
 )
 
 from .errors import PolicyError
-from .labels import DEFAULT_CEILING, STANDARD_LADDER, ClassificationName, Ladder
+from .labels import DEFAULT_CEILING, STANDARD_LADDER, ClassificationName, Ladder, Tlp
 from .limits import (
     DEFAULT_CLOCK_SKEW_MS,
     DEFAULT_MAX_ENVELOPE_BYTES,
     DEFAULT_MAX_LIFETIME_MS,
     DEFAULT_MAX_RECIPIENTS,
     MAX_ENVELOPE_BYTES,
+    MAX_GROUPS,
+    MAX_NAME_CHARS,
     MAX_RECIPIENTS,
 )
 from .vocabulary import MessageType, Mode, Priority, Role
@@ -114,6 +125,26 @@ class ModeOverlay(_PolicyModel):
     required_recipients: dict[MessageType, tuple[Slug, ...]] = {}
 
 
+class IncidentType(_PolicyModel):
+    """A typhändelse: a prioritised incident type with its plan.
+
+    An activation from this template goes to the members of ``groups`` at
+    ``classification``/``tlp`` and ``priority``, and carries the ``checklist``; press
+    lines go to the members of ``communicators`` among the participants.
+    """
+
+    name: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+    groups: Annotated[tuple[Slug, ...], Field(max_length=MAX_GROUPS)] = ()
+    classification: ClassificationName = "INTERN"
+    tlp: Tlp = Tlp.AMBER
+    priority: Priority = Priority.PRIORITY
+    communicators: Slug | None = None
+    checklist: Annotated[
+        tuple[Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)], ...],
+        Field(max_length=100),
+    ] = ()
+
+
 class Policy(_PolicyModel):
     """One version of the region's policy; ``Policy()`` is the built-in default."""
 
@@ -130,6 +161,8 @@ class Policy(_PolicyModel):
     rights: dict[MessageType, tuple[Role, ...]] = DEFAULT_RIGHTS
     region_wide_activation: RegionWide = RegionWide()
     modes: dict[Mode, ModeOverlay] = {}
+    # The catalogue of typhändelser; empty means any incident type is accepted.
+    incident_types: Annotated[dict[Slug, IncidentType], Field(max_length=100)] = {}
 
     # Field validators, not one model validator, so that an error names its field and line.
     @field_validator("format")
@@ -170,6 +203,29 @@ class Policy(_PolicyModel):
         # A [rights] table amends the defaults: leaving out mode_change must not open it
         # to everyone. To open a type to every actor, grant it to ["member"].
         return {**DEFAULT_RIGHTS, **value}
+
+    @field_validator("incident_types")
+    @classmethod
+    def _levels_on_ladder(
+        cls, value: dict[str, IncidentType], info: ValidationInfo
+    ) -> dict[str, IncidentType]:
+        ladder, ceiling = info.data.get("ladder"), info.data.get("ceiling")
+        for type_id, template in value.items():
+            if ladder is None:
+                continue
+            if template.classification not in ladder:
+                raise ValueError(
+                    f"{type_id}: classification {template.classification!r} is not on the ladder"
+                )
+            if ceiling in ladder and ladder.index(template.classification) > ladder.index(ceiling):
+                raise ValueError(f"{type_id}: classification is above the ceiling {ceiling}")
+        return value
+
+    def incident_type(self, type_id: str) -> IncidentType | None:
+        return self.incident_types.get(type_id)
+
+    def knows_incident_type(self, type_id: str) -> bool:
+        return not self.incident_types or type_id in self.incident_types
 
     @property
     def ladder_order(self) -> Ladder:
