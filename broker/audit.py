@@ -25,6 +25,11 @@ class AuditKind(StrEnum):
     DIRECTORY_REJECTED = "directory_rejected"
     MODE_CHANGE = "mode_change"
     INCIDENT_CHANGE = "incident_change"
+    GRANT_REQUESTED = "grant_requested"  # an originator was asked to grant a late joiner
+    GRANT_REFUSED = "grant_refused"  # a late joiner may not have a message (label, TLP)
+    GRANTED = "granted"  # an originator's key grant was delivered to the late joiner
+    GRANT_REJECTED = "grant_rejected"  # a key grant the broker refused
+    REQUEST_OVERDUE = "request_overdue"  # a request's recipients did not answer in time
     OFFICER_QUERY = "officer_query"  # a security officer read the audit trail
     OFFICER_DENIED = "officer_denied"  # an officer asked for something outside their scope
     CHECKPOINT = "checkpoint"  # a signed seal over the trail so far (see broker.auditlog)

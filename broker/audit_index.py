@@ -84,6 +84,7 @@ REFUSAL_KINDS: Final = (
     AuditKind.REJECTED.value,
     AuditKind.RECEIPT_REJECTED.value,
     AuditKind.DIRECTORY_REJECTED.value,
+    AuditKind.GRANT_REJECTED.value,
 )
 OFFICER_KINDS: Final = (AuditKind.OFFICER_QUERY.value, AuditKind.OFFICER_DENIED.value)
 RECEIPT_KINDS: Final = ("delivered", "read", "acknowledged")

@@ -61,6 +61,8 @@ class _Drops:
 
 
 PROBE_TIMEOUT_S = 2.0
+MAX_KV_SCAN = 10_000  # entries one filtered KV listing reads at most
+KV_SCAN_TIMEOUT_S = 10.0
 
 
 async def _until_reachable(urls: tuple[str, ...]) -> None:
@@ -266,6 +268,7 @@ class JetStreamBus:
                 (subjects.DIRECTORY_BUCKET, 64, None),
                 (subjects.STATE_BUCKET, 16, None),
                 (subjects.MESSAGES_BUCKET, 1, settings.message_state_ttl_s),
+                (subjects.INDEX_BUCKET, 1, settings.message_state_ttl_s),
             ):
                 self._kv[bucket] = await self.js.create_key_value(
                     api.KeyValueConfig(
@@ -464,10 +467,50 @@ class JetStreamBus:
             with contextlib.suppress(*_TRANSPORT_ERRORS):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
-    async def kv_keys(self, bucket: str) -> list[str]:
+    async def kv_keys(self, bucket: str, pattern: str | None = None) -> list[str]:
+        """Every key of ``bucket``, or those matching the subject filter ``pattern``.
+
+        A pattern (``storm-1.>``) is filtered by the server (an ordered consumer on
+        those keys only; nats-py's ``keys(filters=...)`` reads every key and filters here).
+        """
+        if pattern is not None:
+            return [key for key, _ in await self._kv_scan(bucket, pattern, meta_only=True)]
         try:
             return list(await self._request(self._kv[bucket].keys()))
         except nats.js.errors.NoKeysError:
             return []
         except _TRANSPORT_ERRORS as exc:
             raise NatsUnavailable(f"kv keys {bucket} failed: {exc}") from exc
+
+    async def kv_entries(
+        self, bucket: str, pattern: str, *, limit: int = MAX_KV_SCAN
+    ) -> list[tuple[str, bytes]]:
+        """The current ``(key, value)`` of at most ``limit`` keys matching ``pattern``, in the
+        order they were last written (one server-filtered pass, no get per key)."""
+        return await self._kv_scan(bucket, pattern, limit=limit)
+
+    async def _kv_scan(
+        self, bucket: str, pattern: str, *, limit: int = MAX_KV_SCAN, meta_only: bool = False
+    ) -> list[tuple[str, bytes]]:
+        async def scan() -> list[tuple[str, bytes]]:
+            kv = self._kv[bucket]
+            watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=meta_only)
+            found: list[tuple[str, bytes]] = []
+            try:
+                async for entry in watcher:
+                    if entry is None:  # nats-py's marker: every current value was delivered
+                        break
+                    if meta_only or entry.value:
+                        found.append((entry.key, entry.value or b""))
+                    if len(found) >= limit:
+                        break
+            finally:
+                with contextlib.suppress(*_TRANSPORT_ERRORS):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+            return found
+
+        try:
+            async with asyncio.timeout(KV_SCAN_TIMEOUT_S):
+                return await self._request(scan())
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"kv scan {bucket}/{pattern} failed: {exc}") from exc

@@ -4,11 +4,13 @@ It stands in for the actors' own systems (the client library comes later):
 each demo actor publishes to its submit subject and reads its delivery
 subject, opens what it receives and signs a ``delivered`` receipt.
 
-The scenario: Länsstyrelsen activates a storm incident for the municipalities
-and the blue-light actors; SOS Alarm sends an alert to the blue-light group;
-Nacka sends a situation report (lägesbild) to all municipalities; Nacka tries
-to send a SEKRETESS message to the Port of Stockholm, which is cleared for
-INTERN only, and is refused.
+The scenario: Länsstyrelsen activates a storm incident (a typhändelse from the
+policy's catalogue) for the municipalities and the blue-light actors; SOS Alarm
+sends an alert to the blue-light group; Nacka sends a situation report
+(lägesbild) to all municipalities; Stockholm drafts a press line for Länsstyrelsen,
+the incident's communication lead, who approves it for the public (OFFENTLIG,
+TLP:CLEAR); Nacka tries to send a SEKRETESS message to the Port of Stockholm,
+which is cleared for INTERN only, and is refused.
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ from broker.core import (
     MessageType,
     NoticeKind,
     Policy,
+    PressStage,
     Priority,
     ReceiptKind,
     RecipientKey,
+    Reference,
+    ReferenceKind,
     Tlp,
     VerifiedDirectory,
     build_envelope,
@@ -84,7 +89,7 @@ class DemoActor:
             content_type="application/json",
             created=now,
             expires=now + 24 * HOUR_MS,
-            **kw,  # type: ignore[arg-type]
+            **kw,
         )
 
     async def submit(self, data: bytes, key: str) -> None:
@@ -152,6 +157,18 @@ async def run_scenario(
         "lansstyrelsen-stockholm"
     }
     lst, sos, nacka = actors["lansstyrelsen-stockholm"], actors["sos-alarm"], actors["nacka"]
+    stockholm = actors["stockholm"]
+    public = Label(policy=policy.id, classification=policy.ladder[0], tlp=Tlp.CLEAR)
+    communicators = set(members["kommunikatorer"]) & (participants | {lst.id})
+    draft = stockholm.envelope(
+        {lst.id, "nacka"},
+        intern,
+        MessageType.COMMUNICATION,
+        "Pressmeddelande (utkast): stay indoors, avoid travel, follow krisinformation.se",
+        incident=storm,
+        control=Control(press=PressStage.DRAFT),
+    )
+    draft_header = read_envelope(draft, directory)
     plan = [
         (
             "Länsstyrelsen activates incident " + storm,
@@ -162,7 +179,7 @@ async def run_scenario(
                 MessageType.ACTIVATION,
                 "Storm Ylva: regional samverkan activated",
                 incident=storm,
-                control=Control(incident_type="storm"),
+                control=Control(incident_type="storm", communication_lead=lst.id),
                 priority=Priority.PRIORITY,
             ),
         ),
@@ -187,6 +204,26 @@ async def run_scenario(
                 MessageType.SITUATION_REPORT,
                 "Lägesbild 14:00: two schools closed, reception centre open",
                 incident=storm,
+            ),
+        ),
+        ("Stockholm drafts a press line for the communication lead", stockholm, draft),
+        (
+            "Länsstyrelsen approves the press line for the public",
+            lst,
+            lst.envelope(
+                communicators - {lst.id},
+                public,
+                MessageType.COMMUNICATION,
+                "Pressmeddelande: stay indoors, avoid travel, follow krisinformation.se",
+                incident=storm,
+                control=Control(press=PressStage.APPROVED),
+                references=(
+                    Reference(
+                        kind=ReferenceKind.UPDATE,
+                        message=draft_header.header.id,
+                        header_hash=draft_header.header_hash,
+                    ),
+                ),
             ),
         ),
         (

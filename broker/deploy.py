@@ -27,6 +27,10 @@ see ``tests/test_deploy_nats.py``)::
               $JS.FC.KV_<b>.>                                      keys/watch (ordered consumer)
     subscribe _INBOX_A.>                                           replies and fetched messages
 
+The KV grants cover the incident message index in ``ssr_state``: a client lists
+``index.<incident>.>`` with a watch (the filter travels in the consumer request to
+``CONSUMER.CREATE.KV_ssr_state``, which carries no consumer name) and reads entries by key.
+
 Not allowed, so refused by the server: ``$KV.>`` (KV writes), other actors' submit and
 deliver subjects, the legacy ``CONSUMER.DURABLE.CREATE`` (its filter is not in the
 subject, so it could point a consumer at another actor's deliveries), and any stream
@@ -85,7 +89,12 @@ DEFAULT_STORE_DIR = "/var/lib/ssr-nats"
 CLUSTER_SIZE = 3
 PASSWORD_BYTES = 32
 MAX_PAYLOAD = DEFAULT_MAX_PAYLOAD  # as the embedded server: a 4 MiB envelope plus headers
-KV_BUCKETS = (subjects.DIRECTORY_BUCKET, subjects.STATE_BUCKET, subjects.MESSAGES_BUCKET)
+KV_BUCKETS = (
+    subjects.DIRECTORY_BUCKET,
+    subjects.STATE_BUCKET,
+    subjects.MESSAGES_BUCKET,
+    subjects.INDEX_BUCKET,
+)
 JS_API = "$JS.API"
 
 

@@ -19,6 +19,11 @@ Metrics (attribute in parentheses):
 ``ssr_broker_receipts_rejected_total{reason}``           (``receipts_rejected``)
 ``ssr_broker_escalations_total{priority,status}``        (``escalations``) missed deadlines
 ``ssr_broker_notices_sent_total{kind}``                  (``notices``) notices to senders
+``ssr_broker_requests_overdue_total{priority,status}``   (``requests_overdue``) unanswered RFIs
+``ssr_broker_grant_requests_total{status}``              (``grant_requests``) asked originators
+``ssr_broker_grants_refused_total{status}``              (``grants_refused``) not grantable
+``ssr_broker_grants_total{status}``                      (``grants``) grants delivered
+``ssr_broker_grants_rejected_total{reason}``             (``grants_rejected``) grants refused
 ``ssr_broker_decision_seconds``                          (``decision_seconds``) histogram
 ``ssr_broker_routing_seconds``                           (``routing_seconds``) histogram
 ``ssr_broker_audit_events_total{kind}``                  (``audit_events``)
@@ -32,7 +37,7 @@ Metrics (attribute in parentheses):
 ``ssr_broker_consumer_redelivered_total``                (``redelivered``)
 ``ssr_broker_directory_version``                         (``directory_version``) gauge
 ``ssr_broker_mode{mode}``                                (``mode``) 1 for the current mode
-``ssr_broker_open_incidents``                            (``open_incidents``) gauge
+``ssr_broker_open_incidents{status}``                    (``open_incidents``) gauge
 ``ssr_broker_build_info{version}``                       (``build_info``) always 1
 ``ssr_broker_errors_total{stage}``                       (``errors``) unexpected internal errors
 ======================================================  =======================================
@@ -52,6 +57,8 @@ Example::
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterable
 from typing import Final, Literal, get_args
 
 from prometheus_client import (
@@ -70,6 +77,7 @@ from broker.core.vocabulary import Mode, Priority, Status
 __all__ = [
     "DECISION_BUCKETS",
     "ERROR_STAGES",
+    "INCIDENT_STATUSES",
     "MODES",
     "NOTICE_KINDS",
     "RECEIPT_KINDS",
@@ -91,8 +99,12 @@ STATUS_LABELS: Final[tuple[str, ...]] = (*(s.value for s in Status), UNKNOWN_STA
 PRIORITIES: Final[tuple[str, ...]] = tuple(p.value for p in Priority)
 RECEIPT_KINDS: Final[tuple[str, ...]] = tuple(k.value for k in ReceiptKind)
 MODES: Final[tuple[str, ...]] = tuple(m.value for m in Mode)
+INCIDENT_STATUSES: Final[tuple[str, ...]] = tuple(s.value for s in Status)
+"""Every value of ``open_incidents``' status label (an incident always has a status)."""
 
-NoticeKind = Literal["accepted", "rejected", "escalation", "receipt"]
+NoticeKind = Literal[
+    "accepted", "rejected", "escalation", "receipt", "overdue", "grant_request"
+]  # fmt: skip
 NOTICE_KINDS: Final[tuple[str, ...]] = get_args(NoticeKind)
 
 ErrorStage = Literal["decode", "decide", "publish", "audit", "receipt", "sweep", "http"]
@@ -205,6 +217,36 @@ class BrokerMetrics:
             ["kind"],
             registry=r,
         )
+        self.requests_overdue: Final = Counter(
+            "ssr_broker_requests_overdue_total",
+            "Requests (RFIs) with recipients that had not answered by the deadline.",
+            ["priority", "status"],
+            registry=r,
+        )
+        self.grant_requests: Final = Counter(
+            "ssr_broker_grant_requests_total",
+            "Originators asked to grant a message to an actor that joined its incident.",
+            ["status"],
+            registry=r,
+        )
+        self.grants_refused: Final = Counter(
+            "ssr_broker_grants_refused_total",
+            "Messages a late joiner may not be granted (TLP, clearance), so nobody was asked.",
+            ["status"],
+            registry=r,
+        )
+        self.grants: Final = Counter(
+            "ssr_broker_grants_total",
+            "Key grants verified and delivered to late joiners.",
+            ["status"],
+            registry=r,
+        )
+        self.grants_rejected: Final = Counter(
+            "ssr_broker_grants_rejected_total",
+            "Key grants refused, by reason code.",
+            ["reason"],
+            registry=r,
+        )
         self.decision_seconds: Final = Histogram(
             "ssr_broker_decision_seconds",
             "Time spent in the policy decision for one envelope.",
@@ -277,7 +319,8 @@ class BrokerMetrics:
         )
         self.open_incidents: Final = Gauge(
             "ssr_broker_open_incidents",
-            "Incidents currently open.",
+            "Incidents currently open, by distribution status (exercises apart from actual).",
+            ["status"],
             registry=r,
         )
         self.build_info: Final = Gauge(
@@ -302,8 +345,14 @@ class BrokerMetrics:
             self.accepted.labels(status=status)
             for kind in RECEIPT_KINDS:
                 self.receipts.labels(kind=kind, status=status)
+            self.grant_requests.labels(status=status)
+            self.grants_refused.labels(status=status)
+            self.grants.labels(status=status)
             for priority in PRIORITIES:
                 self.escalations.labels(priority=priority, status=status)
+                self.requests_overdue.labels(priority=priority, status=status)
+        for status in INCIDENT_STATUSES:
+            self.open_incidents.labels(status=status).set(0)
         for notice in NOTICE_KINDS:
             self.notices.labels(kind=notice)
         for stage in ERROR_STAGES:
@@ -321,6 +370,12 @@ class BrokerMetrics:
             raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         for known in MODES:
             self.mode.labels(mode=known).set(1 if known == value else 0)
+
+    def set_open_incidents(self, statuses: Iterable[object]) -> None:
+        """Set the open-incident gauge from the statuses of the open incidents."""
+        counts = Tally(status_label(s) for s in statuses)
+        for status in INCIDENT_STATUSES:
+            self.open_incidents.labels(status=status).set(counts.get(status, 0))
 
     def count_error(self, stage: ErrorStage) -> None:
         """Count one unexpected internal error at ``stage`` (one of :data:`ERROR_STAGES`).

@@ -9,9 +9,21 @@ crash at any point leads to a redelivery that repeats the same idempotent
 publishes (JetStream drops the duplicates inside its window; clients drop ids
 they have seen after it).
 
+Every accepted envelope naming an incident gets an index entry in KV ``ssr_state``
+(``index.<incident>.<message id>``: header metadata only), which clients compare with
+what they hold. An ``activation`` that adds participants asks the originator of every
+still-valid, grantable message of the incident for a key grant (a ``grant_request``
+notice, dedupe id ``n.<message>.grant.<newcomer>``), and audits the messages a
+newcomer may not have (``grant_refused``). A reply to a ``request`` with a deadline is
+recorded as that recipient's answer.
+
 For a receipt: verify, match it to the message record, record it (compare and
-set), forward it to the original sender. For a directory version: verify it
+set), forward it to the original sender. For a key grant (``G``): verify it, check it
+against the message record and the incident, record it, deliver it unchanged to the
+newcomer (dedupe id ``g.<message>.<newcomer>``). For a directory version: verify it
 against the pinned authority key and the current version, then publish it.
+
+The sweep escalates missed delivery deadlines and unanswered requests (``overdue``).
 """
 
 from __future__ import annotations
@@ -30,8 +42,10 @@ from broker.core import (
     CoreError,
     DirectoryError,
     ForwardOrigin,
+    GrantError,
     Header,
     Incident,
+    IncidentEntry,
     MessageType,
     Mode,
     NoticeError,
@@ -39,17 +53,22 @@ from broker.core import (
     Policy,
     Reason,
     ReceiptError,
+    Reference,
+    ReferenceKind,
     Reject,
     VerifiedDirectory,
+    VerifiedGrant,
     check_receipt_matches,
     crypto,
     decide,
+    grantable,
     make_notice,
     read_envelope,
     verify_directory,
+    verify_grant,
     verify_receipt,
 )
-from broker.core.incidents import closed_by, opened_by
+from broker.core.incidents import closed_by, newcomers, opened_by
 from broker.core.limits import MAX_HEADER_BYTES
 from broker.core.notices import BrokerIdentity
 
@@ -60,6 +79,10 @@ from .metrics import BrokerMetrics, status_label
 
 log = logging.getLogger("ssr.router")
 CAS_RETRIES = 8
+MAX_INCIDENT_BYTES = 64 * 1024
+MAX_ENTRY_BYTES = 64 * 1024
+MAX_INDEX_SCAN = 10_000  # index entries of one incident read when actors join it
+MAX_GRANT_REQUESTS = 1000  # grant requests per newcomer per activation; the rest are logged
 
 
 def wall_clock_ms() -> int:
@@ -78,6 +101,10 @@ class MessageRecord(BaseModel):
     deadline: int
     receipts: dict[str, dict[str, int]] = {}  # recipient -> receipt kind -> at
     escalated: bool = False
+    granted: dict[str, int] = {}  # late joiner -> when its key grant was delivered
+    answer_by: int | None = None  # a request's deadline (control.deadline)
+    answers: dict[str, int] = {}  # recipient -> creation time of its first reply
+    overdue: bool = False
 
     def parsed_header(self) -> Header:
         return Header.parse(self.header.encode(), max_bytes=MAX_HEADER_BYTES)
@@ -85,6 +112,9 @@ class MessageRecord(BaseModel):
     def unconfirmed(self) -> tuple[str, ...]:
         recipients = self.parsed_header().recipients
         return tuple(r for r in recipients if "delivered" not in self.receipts.get(r, {}))
+
+    def unanswered(self) -> tuple[str, ...]:
+        return tuple(r for r in self.parsed_header().recipients if r not in self.answers)
 
 
 @dataclass
@@ -128,12 +158,16 @@ class Router:
             await self._receipt(actor, data)
         elif kind == b"D":
             await self._directory(actor, data)
+        elif kind == b"G":
+            await self._grant(actor, data)
         else:
             await self._envelope(actor, data, redelivered=redelivered)
 
     # --- envelopes --------------------------------------------------------------------
 
-    def _decide(self, data: bytes, origin: ForwardOrigin | None) -> Accept | Reject:
+    def _decide(
+        self, data: bytes, origin: ForwardOrigin | None, draft: ForwardOrigin | None = None
+    ) -> Accept | Reject:
         state = self.state
         started = time.perf_counter()
         decision = decide(
@@ -145,6 +179,7 @@ class Router:
             seen=(),
             origin=origin,
             incidents=state.incidents,
+            draft=draft,
         )
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         return decision
@@ -154,10 +189,15 @@ class Router:
         decision = self._decide(data, None)
         if await self._incident_changed(data, decision):
             decision = self._decide(data, None)
+        origin: ForwardOrigin | None = None
         if isinstance(decision, Reject) and decision.reason is Reason.FORWARD_ORIGIN_UNKNOWN:
-            origin = await self._forward_origin(data)
+            origin = await self._referenced(data, Header.forwarded)
             if origin is not None:
                 decision = self._decide(data, origin)
+        if isinstance(decision, Reject) and decision.reason is Reason.PRESS_DRAFT_UNKNOWN:
+            draft = await self._referenced(data, _press_draft_reference)
+            if draft is not None:
+                decision = self._decide(data, origin, draft)
         if isinstance(decision, Accept) and decision.envelope.header.sender != actor:
             decision = Reject(
                 Reason.SENDER_MISMATCH,
@@ -181,6 +221,8 @@ class Router:
         if not resumed:
             self._count_accepted(decision, status)
         await self._fan_out(decision)
+        await self._index(decision)
+        await self._record_answers(decision)
         await self._apply_control(decision)
         header = decision.envelope.header
         await self._notify(
@@ -230,11 +272,15 @@ class Router:
             return False
         if header.incident is None:
             return False
+        return await self._refresh_incident(header.incident)
+
+    async def _refresh_incident(self, incident_id: str) -> bool:
+        """Re-read one incident from KV into our state; True if it differs from ours."""
         try:
-            entry = await self.bus.kv_get(
-                subjects.STATE_BUCKET, subjects.incident_key(header.incident)
+            entry = await self.bus.kv_get(subjects.STATE_BUCKET, subjects.incident_key(incident_id))
+            incident = (
+                None if entry is None else Incident.parse(entry.value, max_bytes=MAX_INCIDENT_BYTES)
             )
-            incident = None if entry is None else Incident.parse(entry.value, max_bytes=64 * 1024)
         except (ValueError, CoreError):
             return False
         if incident is None or incident == self.state.incidents.get(incident.id):
@@ -243,9 +289,13 @@ class Router:
         self.state.changes += 1
         return True
 
-    async def _forward_origin(self, data: bytes) -> ForwardOrigin | None:
+    async def _referenced(
+        self, data: bytes, pick: Callable[[Header], Reference | None]
+    ) -> ForwardOrigin | None:
+        """The broker's record of the message an envelope refers to: the original of a
+        forward, the draft a press-line approval updates."""
         try:
-            reference = read_envelope(data, self.state.directory).header.forwarded()
+            reference = pick(read_envelope(data, self.state.directory).header)
         except CoreError:
             return None
         if reference is None:
@@ -272,6 +322,7 @@ class Router:
             submitted_by=actor,
             accepted=self.clock(),
             deadline=decision.receipt_deadline,
+            answer_by=_answer_by(envelope.header),
         )
         try:
             await self.bus.kv_create(
@@ -336,6 +387,9 @@ class Router:
         previous = self.state.incidents.get(header.incident)
         if header.type is MessageType.ACTIVATION:
             incident = opened_by(header, previous)
+            # Before the incident is written: a crash in between repeats the requests (same
+            # dedupe ids) on redelivery, where ``previous`` still lacks the newcomers.
+            await self._late_joiners(newcomers(previous, incident), incident)
         else:
             assert previous is not None  # decide() refused a close of an unknown incident
             incident = closed_by(previous, header.created)
@@ -344,7 +398,9 @@ class Router:
         )
         self.state.incidents[incident.id] = incident
         self.state.changes += 1
-        self.metrics.open_incidents.set(sum(i.is_open for i in self.state.incidents.values()))
+        self.metrics.set_open_incidents(
+            i.status for i in self.state.incidents.values() if i.is_open
+        )
         await self.audit(
             AuditKind.INCIDENT_CHANGE,
             key=header.id,
@@ -355,6 +411,137 @@ class Router:
             status=incident.status.value,
             detail="closed" if incident.closed else f"open ({incident.type})",
         )
+
+    # --- the incident index and late joiners ----------------------------------------------
+
+    async def _index(self, decision: Accept) -> None:
+        """Index an accepted message naming an incident (metadata only, never content)."""
+        header = decision.envelope.header
+        if header.incident is None:
+            return
+        entry = IncidentEntry.of(header, decision.envelope.header_hash)
+        await self.bus.kv_put(
+            subjects.INDEX_BUCKET,
+            subjects.index_key(header.incident, header.id),
+            entry.to_bytes(),
+        )
+
+    async def _index_entries(self, incident: str) -> list[IncidentEntry]:
+        entries = []
+        scanned = await self.bus.kv_entries(
+            subjects.INDEX_BUCKET, subjects.index_prefix(incident) + ">", limit=MAX_INDEX_SCAN
+        )
+        if len(scanned) >= MAX_INDEX_SCAN:
+            log.warning("incident %s: only the first %d index entries read", incident, len(scanned))
+        for key, value in scanned:
+            try:
+                entries.append(IncidentEntry.parse(value, max_bytes=MAX_ENTRY_BYTES))
+            except CoreError:
+                log.error("unreadable index entry %s", key)
+        return entries
+
+    async def _late_joiners(self, joined: tuple[str, ...], incident: Incident) -> None:
+        """Ask originators to grant the incident's still-valid messages to actors that joined.
+
+        Per newcomer, the newest :data:`MAX_GRANT_REQUESTS` messages it lacks; a message its
+        label keeps from the newcomer (TLP:RED, AMBER+STRICT, clearance) is audited as
+        ``grant_refused`` and nobody is asked.
+        """
+        if not joined:
+            return
+        now = self.clock()
+        entries = sorted(
+            (e for e in await self._index_entries(incident.id) if e.expires > now),
+            key=lambda e: e.created,
+            reverse=True,
+        )
+        for newcomer in joined:
+            lacking = [e for e in entries if e.sender != newcomer and newcomer not in e.recipients]
+            if len(lacking) > MAX_GRANT_REQUESTS:
+                log.warning(
+                    "%s joined incident %s: %d older messages not offered for a grant",
+                    newcomer,
+                    incident.id,
+                    len(lacking) - MAX_GRANT_REQUESTS,
+                )
+            for entry in lacking[:MAX_GRANT_REQUESTS]:
+                await self._request_grant(entry, newcomer, now)
+
+    async def _request_grant(self, entry: IncidentEntry, newcomer: str, now: int) -> None:
+        found = await self._record(entry.id)
+        if found is None or found[0].header_hash != entry.header_hash:
+            return  # the record expired with the message, or the index entry is stale
+        record = found[0]
+        if newcomer in record.granted:
+            return  # joined before, left, and came back: it holds the key already
+        status = entry.status.value
+        why = grantable(entry.label, self.state.directory.actor(newcomer), self.state.policy, now)
+        fields: dict[str, Any] = {
+            "key": f"{entry.id}.{newcomer}",
+            "actor": entry.sender,
+            "message": entry.id,
+            "recipients": (newcomer,),
+            "incident": entry.incident,
+            "status": status,
+            "label": entry.label.wire(),
+        }
+        if why is not None:
+            await self.audit(
+                AuditKind.GRANT_REFUSED, reason="grant_not_allowed", detail=why, **fields
+            )
+            self.metrics.grants_refused.labels(status=status).inc()
+            return
+        await self._notify(
+            entry.sender,
+            record.header.encode(),
+            NoticeKind.GRANT_REQUEST,
+            key=f"{entry.id}.grant.{newcomer}",
+            message=entry.id,
+            header_hash=entry.header_hash,
+            recipients=(newcomer,),
+            detail=f"{newcomer} joined incident {entry.incident}",
+        )
+        await self.audit(AuditKind.GRANT_REQUESTED, **fields)
+        self.metrics.grant_requests.labels(status=status).inc()
+
+    # --- requests and their answers ---------------------------------------------------------
+
+    async def _record_answers(self, decision: Accept) -> None:
+        """A reply from a recipient of a request with a deadline is that recipient's answer."""
+        header = decision.envelope.header
+        for reference in header.references:
+            if reference.kind is not ReferenceKind.REPLY:
+                continue
+
+            def answer(record: MessageRecord, reference: Reference = reference) -> bool:
+                return _answered(record, reference, header)
+
+            await self._update_record(reference.message, answer)
+
+    async def _update_record(
+        self, message_id: str, change: Callable[[MessageRecord], bool]
+    ) -> MessageRecord | None:
+        """Apply ``change`` to a message record by compare and set; ``change`` returns False
+        when there is nothing to write. Returns the record written, else None."""
+        for _ in range(CAS_RETRIES):
+            found = await self._record(message_id)
+            if found is None:
+                return None
+            record, revision = found
+            if not change(record):
+                return None
+            try:
+                await self.bus.kv_update(
+                    subjects.MESSAGES_BUCKET,
+                    message_id,
+                    record.model_dump_json().encode(),
+                    revision,
+                )
+                return record
+            except KvConflict:
+                continue
+        log.warning("message record %s kept changing; an update was given up", message_id)
+        return None
 
     async def _rejected(self, actor: str, data: bytes, reject: Reject, status: str) -> None:
         self.metrics.rejected.labels(reason=reject.reason.value, status=status).inc()
@@ -415,28 +602,21 @@ class Router:
                     "receipt published on another actor's subject", code="receipt_signer_mismatch"
                 )
             body = receipt.body
-            recorded = False  # by this submission; a repeat is forwarded again, counted once
-            for _ in range(CAS_RETRIES):
-                found = await self._record(body.message)
-                if found is None:
-                    raise ReceiptError("no such message", code="receipt_unknown_message")
-                record, revision = found
-                check_receipt_matches(receipt, record.parsed_header(), record.header_hash)
+            found = await self._record(body.message)
+            if found is None:
+                raise ReceiptError("no such message", code="receipt_unknown_message")
+            record = found[0]
+            check_receipt_matches(receipt, record.parsed_header(), record.header_hash)
+
+            def add(record: MessageRecord) -> bool:
                 kinds = record.receipts.setdefault(body.recipient, {})
                 if body.kind.value in kinds:
-                    break  # already recorded (a redelivery or a repeat)
+                    return False  # already recorded (a redelivery or a repeat)
                 kinds[body.kind.value] = body.at
-                try:
-                    await self.bus.kv_update(
-                        subjects.MESSAGES_BUCKET,
-                        body.message,
-                        record.model_dump_json().encode(),
-                        revision,
-                    )
-                    recorded = True
-                    break
-                except KvConflict:
-                    continue
+                return True
+
+            # Recorded by this submission; a repeat is forwarded again, counted once.
+            recorded = await self._update_record(body.message, add) is not None
         except ReceiptError as exc:
             self.metrics.receipts_rejected.labels(reason=exc.code).inc()
             await self._refuse(actor, data, AuditKind.RECEIPT_REJECTED, exc.code, exc.message)
@@ -458,6 +638,89 @@ class Router:
             status=header.status.value,
             detail=body.kind.value,
         )
+
+    # --- key grants -----------------------------------------------------------------------
+
+    async def _grant(self, actor: str, data: bytes) -> None:
+        """An originator's key grant for a late joiner: check, record, deliver unchanged."""
+        now = self.clock()
+        grant: VerifiedGrant | None = None
+        try:
+            grant = verify_grant(
+                data,
+                self.state.directory,
+                now=now,
+                max_envelope_bytes=self.state.policy.limits.max_envelope_bytes,
+            )
+            if grant.body.sender != actor:
+                raise GrantError(
+                    "grant published on another actor's subject", code="grant_signer_mismatch"
+                )
+            await self._check_grant(grant, now)
+        except GrantError as exc:
+            self.metrics.grants_rejected.labels(reason=exc.code).inc()
+            await self._refuse(
+                actor,
+                data,
+                AuditKind.GRANT_REJECTED,
+                exc.code,
+                exc.message,
+                message=grant.body.message if grant else None,
+                recipients=(grant.body.recipient,) if grant else (),
+                status=grant.envelope.header.status.value if grant else None,
+            )
+            return
+        body, header = grant.body, grant.envelope.header
+
+        def add(record: MessageRecord) -> bool:
+            if body.recipient in record.granted:
+                return False  # a redelivery or a repeat: delivered again, counted once
+            record.granted[body.recipient] = now
+            return True
+
+        recorded = await self._update_record(body.message, add) is not None
+        await self.bus.publish(
+            subjects.deliver_subject(body.recipient),
+            data,
+            msg_id=f"g.{body.message}.{body.recipient}",
+        )
+        if recorded:
+            self.metrics.grants.labels(status=header.status.value).inc()
+        await self.audit(
+            AuditKind.GRANTED,
+            key=f"{body.message}.{body.recipient}",
+            actor=actor,
+            message=body.message,
+            recipients=(body.recipient,),
+            incident=body.incident,
+            status=header.status.value,
+            label=header.label.wire(),
+        )
+
+    async def _check_grant(self, grant: VerifiedGrant, now: int) -> None:
+        """What only the broker knows: its record of the message and the incident now."""
+        body, header = grant.body, grant.envelope.header
+        found = await self._record(body.message)
+        if found is None or found[0].header_hash != body.header_hash:
+            raise GrantError("the broker accepted no such message", code="grant_unknown_message")
+        await self._refresh_incident(body.incident)
+        incident = self.state.incidents.get(body.incident)
+        if incident is None or not incident.is_open or body.recipient not in incident.participants:
+            raise GrantError(
+                f"{body.recipient} does not take part in an open incident {body.incident}",
+                code="grant_not_participant",
+            )
+        if header.expires <= now:
+            raise GrantError("the message has expired", code="grant_expired")
+        newcomer = self.state.directory.actor(body.recipient)
+        why = grantable(header.label, newcomer, self.state.policy, now)
+        if why is not None:
+            raise GrantError(why, code="grant_not_allowed")
+        assert newcomer is not None  # grantable() refuses an unknown newcomer
+        if body.key_id not in {k.key_id for k in newcomer.encryption_keys if k.usable_at(now)}:
+            raise GrantError(
+                f"sealed to a key {body.recipient} cannot use now", code="recipient_key_invalid"
+            )
 
     async def _record(self, message_id: str) -> tuple[MessageRecord, int] | None:
         try:
@@ -503,55 +766,74 @@ class Router:
     # --- escalation -----------------------------------------------------------------------
 
     async def sweep(self, *, limit: int = 10_000) -> int:
-        """Escalate messages whose recipients missed the delivery deadline; returns how many."""
+        """Escalate missed delivery deadlines and unanswered requests; returns how many
+        notices that took (an escalation and an overdue request count one each)."""
         now = self.clock()
-        escalated = 0
+        sent = 0
         for key in (await self.bus.kv_keys(subjects.MESSAGES_BUCKET))[:limit]:
             found = await self._record(key)
             if found is None:
                 continue
             record, revision = found
-            if record.escalated or record.deadline > now:
+            missing = () if record.escalated or record.deadline > now else record.unconfirmed()
+            unanswered = (
+                record.unanswered()
+                if record.answer_by is not None and not record.overdue and record.answer_by <= now
+                else ()
+            )
+            if not missing and not unanswered:
                 continue
-            missing = record.unconfirmed()
-            if not missing:
-                continue
-            # Notice and audit event first, then mark the record: a crash in between repeats
-            # them on the next sweep under the same dedupe ids instead of losing them. Of two
-            # brokers sweeping at once, JetStream keeps one notice and the mark counts once.
+            # Notices and audit events first, then mark the record: a crash in between
+            # repeats them on the next sweep under the same dedupe ids instead of losing
+            # them. Of two brokers sweeping at once, JetStream keeps one notice and the mark
+            # counts once.
             header = record.parsed_header()
-            await self._notify(
-                header.sender,
-                record.header.encode(),
-                NoticeKind.ESCALATION,
-                key=f"{header.id}.escalation",
-                message=header.id,
-                header_hash=record.header_hash,
-                recipients=missing,
-                detail="delivery not confirmed by the deadline",
-            )
-            await self.audit(
-                AuditKind.ESCALATION,
-                key=header.id,
-                actor=header.sender,
-                message=header.id,
-                recipients=missing,
-                status=header.status.value,
-                priority=header.priority.value,
-                label=header.label.wire(),
-            )
-            record.escalated = True
+            if missing:
+                await self._chase(record, NoticeKind.ESCALATION, AuditKind.ESCALATION, missing)
+                record.escalated = True
+            if unanswered:
+                await self._chase(record, NoticeKind.OVERDUE, AuditKind.REQUEST_OVERDUE, unanswered)
+            record.overdue = record.overdue or bool(unanswered)
             try:
                 await self.bus.kv_update(
                     subjects.MESSAGES_BUCKET, key, record.model_dump_json().encode(), revision
                 )
             except KvConflict:
-                continue  # another broker escalated it, or a receipt just arrived
-            self.metrics.escalations.labels(
-                priority=header.priority.value, status=header.status.value
-            ).inc()
-            escalated += 1
-        return escalated
+                continue  # another broker chased it, or a receipt or an answer just arrived
+            labels = {"priority": header.priority.value, "status": header.status.value}
+            if missing:
+                self.metrics.escalations.labels(**labels).inc()
+            if unanswered:
+                self.metrics.requests_overdue.labels(**labels).inc()
+            sent += bool(missing) + bool(unanswered)
+        return sent
+
+    async def _chase(
+        self, record: MessageRecord, notice: NoticeKind, kind: AuditKind, late: tuple[str, ...]
+    ) -> None:
+        """Tell a sender which recipients missed a deadline, and audit it."""
+        header = record.parsed_header()
+        await self._notify(
+            header.sender,
+            record.header.encode(),
+            notice,
+            key=f"{header.id}.{notice.value}",
+            message=header.id,
+            header_hash=record.header_hash,
+            recipients=late,
+            detail=_CHASE_DETAIL[notice],
+        )
+        await self.audit(
+            kind,
+            key=header.id,
+            actor=header.sender,
+            message=header.id,
+            recipients=late,
+            status=header.status.value,
+            priority=header.priority.value,
+            label=header.label.wire(),
+            incident=header.incident,
+        )
 
     # --- notices and audit ------------------------------------------------------------------
 
@@ -602,3 +884,33 @@ class Router:
         )
         await self.bus.publish(subjects.audit_subject(kind.value), body, msg_id=f"a.{event_id}")
         self.metrics.audit_events.labels(kind=kind.value).inc()
+
+
+_CHASE_DETAIL: dict[NoticeKind, str] = {
+    NoticeKind.ESCALATION: "delivery not confirmed by the deadline",
+    NoticeKind.OVERDUE: "request not answered by its deadline",
+}
+
+
+def _answer_by(header: Header) -> int | None:
+    """A request's answer deadline; None for anything else."""
+    if header.type is not MessageType.REQUEST or header.control is None:
+        return None
+    return header.control.deadline
+
+
+def _answered(record: MessageRecord, reference: Reference, reply: Header) -> bool:
+    """Record ``reply`` as its sender's answer to the request ``record``; False if it is
+    not one (no deadline, another version of the request, not a recipient, already in)."""
+    if record.answer_by is None or reference.header_hash != record.header_hash:
+        return False
+    if reply.sender in record.answers or reply.sender not in record.parsed_header().recipients:
+        return False
+    record.answers[reply.sender] = reply.created
+    return True
+
+
+def _press_draft_reference(header: Header) -> Reference | None:
+    """The draft a press-line approval updates: its single ``update`` reference."""
+    updates = [r for r in header.references if r.kind is ReferenceKind.UPDATE]
+    return updates[0] if len(updates) == 1 else None

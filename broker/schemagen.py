@@ -16,8 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from broker.core.bundles import BundleBody
 from broker.core.directory import DirectoryDocument
 from broker.core.envelope import Header, KeyWraps
+from broker.core.grants import GrantBody
+from broker.core.incidents import Incident, IncidentEntry
 from broker.core.labels import Label
 from broker.core.notices import NoticeBody
 from broker.core.policy import Policy
@@ -31,6 +34,10 @@ MODELS: dict[str, type[BaseModel]] = {
     "receipt-body": ReceiptBody,
     "notice-body": NoticeBody,
     "directory": DirectoryDocument,
+    "grant-body": GrantBody,
+    "bundle-body": BundleBody,
+    "incident": Incident,
+    "incident-entry": IncidentEntry,
     "policy": Policy,
 }
 

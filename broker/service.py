@@ -38,7 +38,7 @@ from .embedded import EmbeddedNats
 from .errors import NatsUnavailable
 from .metrics import BrokerMetrics
 from .officer_api import OfficerContext, add_officer_routes
-from .router import BrokerState, Router, wall_clock_ms
+from .router import MAX_INCIDENT_BYTES, BrokerState, Router, wall_clock_ms
 from .web import HttpServer, make_app
 
 log = logging.getLogger("ssr.service")
@@ -388,14 +388,11 @@ class Service:
             with contextlib.suppress(ValueError):
                 mode = Mode(mode_entry.value.decode())
         incidents: dict[str, Incident] = {}
-        for key in await self.bus.kv_keys(subjects.STATE_BUCKET):
-            if not key.startswith("incident."):
-                continue
-            entry = await self.bus.kv_get(subjects.STATE_BUCKET, key)
-            if entry is None:
-                continue
+        for key, value in await self.bus.kv_entries(
+            subjects.STATE_BUCKET, subjects.INCIDENT_PATTERN
+        ):
             try:
-                incident = Incident.parse(entry.value, max_bytes=64 * 1024)
+                incident = Incident.parse(value, max_bytes=MAX_INCIDENT_BYTES)
             except CoreError:
                 log.error("unreadable incident record %s", key)
                 continue
@@ -417,5 +414,5 @@ class Service:
             return  # the router changed state while we read: the next refresh sees it all
         state.mode, state.incidents, state.directory = mode, incidents, directory
         self.metrics.set_mode(mode.value)
-        self.metrics.open_incidents.set(sum(i.is_open for i in incidents.values()))
+        self.metrics.set_open_incidents(i.status for i in incidents.values() if i.is_open)
         self.metrics.directory_version.set(directory.version)

@@ -8,8 +8,10 @@
 |                             | (limits, age)   | for an actor; one durable consumer each   |
 | ``ssr.audit.<kind>``        | SSR_AUDIT       | audit events; deny delete, deny purge     |
 | KV ``ssr_directory``        |                 | signed directory versions by ``v<N>``      |
-| KV ``ssr_state``            |                 | ``mode``, ``incident.<id>``               |
+| KV ``ssr_state``            |                 | ``mode``, ``incident.<id>``,              |
+|                             |                 | ``index.<incident>.<message id>``         |
 | KV ``ssr_messages``         |                 | per message: header, receipt state        |
+| KV ``ssr_index``            |                 | ``<incident>.<message id>``: index entry   |
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ BROKER_CONSUMER = "ssr-broker"
 DIRECTORY_BUCKET = "ssr_directory"
 STATE_BUCKET = "ssr_state"
 MESSAGES_BUCKET = "ssr_messages"
+INDEX_BUCKET = "ssr_index"
 MODE_KEY = "mode"
 CURRENT_DIRECTORY_KEY = "current"
 
 _TOKEN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+_MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
+INCIDENT_PATTERN = "incident.>"
 
 
 def submit_subject(actor: str) -> str:
@@ -54,6 +59,18 @@ def actor_of_submit(subject: str) -> str | None:
 
 def incident_key(incident_id: str) -> str:
     return f"incident.{_token(incident_id)}"
+
+
+def index_prefix(incident_id: str) -> str:
+    """The key prefix of an incident's message index; ``index_prefix(i) + ">"`` watches it."""
+    return f"{_token(incident_id)}."
+
+
+def index_key(incident_id: str, message_id: str) -> str:
+    """The index entry (``IncidentEntry``, header metadata only) of one incident message."""
+    if not _MESSAGE_ID.match(message_id):
+        raise ValueError(f"{message_id!r} is not a message id")
+    return index_prefix(incident_id) + message_id
 
 
 def directory_key(version: int) -> str:

@@ -6,11 +6,14 @@ test suite regenerates the vectors and compares them with the published
 files. Each invalid case names the stage that must refuse it (``broker``:
 ``decide``; ``recipient``: ``open_envelope``) and the expected reason code.
 ``notice.json`` holds the broker's signed rejection of one invalid case and
-notices that every verifier must refuse.
+notices that every verifier must refuse. ``grant.json`` holds a key grant of an
+incident message to an actor that joined late (and grants that must be refused);
+``bundle.json`` an offline bundle of that message and its grant.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from collections.abc import Callable
@@ -50,8 +53,10 @@ from broker.core import (
     verify_directory,
 )
 from broker.core import frame as frames
+from broker.core.bundles import make_bundle
 from broker.core.crypto import seeded_random
-from broker.core.envelope import KeyWraps
+from broker.core.envelope import KeyWraps, seal_envelope
+from broker.core.grants import GrantBody, make_grant
 
 SEED = b"ssr-test-vectors-v1"
 ISSUED = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -444,6 +449,7 @@ def build_vectors() -> dict[str, Any]:
         "receipt.json": receipts,
         "notice.json": _notices(fx, common, cases),
         "directory-chain.json": _directory_chain(fx),
+        **_grant_and_bundle(fx, common),
     }
 
 
@@ -579,6 +585,260 @@ def _directory_chain(fx: _Fixture) -> dict[str, Any]:
                 "reason": "directory_bad_signature",
             },
         ],
+    }
+
+
+NEWCOMER = "solna"
+GRANTED_AT = CREATED + 60_000
+GRANT_PAYLOAD = "Lägesbild 15:00: the storm has moved north; Nacka reports 1 200 households still without power.".encode()  # noqa: E501
+_GRANT_SECTIONS = (4096, 1 << 22)
+
+
+def _grant_and_bundle(fx: _Fixture, common: dict[str, Any]) -> dict[str, Any]:
+    """solna joins the incident late; nacka grants it an earlier message and bundles both.
+
+    Drawn from the stream after every other vector, so the earlier files do not change.
+    """
+    draws: list[bytes] = []
+
+    def recorded(n: int) -> bytes:
+        draws.append(fx.rand(n))
+        return draws[-1]
+
+    nacka, newcomer = fx.identities[SENDER], fx.directory.actor(NEWCOMER)
+    assert newcomer is not None
+    sealed = seal_envelope(
+        sender=nacka,
+        recipients=[RecipientKey.of(fx.directory.actor(a), CREATED) for a in RECIPIENTS],  # type: ignore[arg-type]
+        label=_label(),
+        message_type=MessageType.SITUATION_REPORT,
+        payload=GRANT_PAYLOAD,
+        created=CREATED,
+        expires=EXPIRES,
+        priority=Priority.PRIORITY,
+        incident=INCIDENT,
+        content_type="text/plain",
+        rand=recorded,
+    )
+    _id, content_key, _nonce, *_ephemeral = draws
+    draws.clear()
+    grant = make_grant(
+        nacka,
+        sealed.raw,
+        sealed.content_key,
+        newcomer=newcomer,
+        directory=fx.directory,
+        policy=Policy(),
+        at=GRANTED_AT,
+        rand=recorded,
+    )
+    (grant_ephemeral,) = draws
+    decoded = frames.decode(
+        grant, frames.Kind.GRANT, max_bytes=1 << 23, max_section=_GRANT_SECTIONS
+    )
+    body_bytes, envelope = decoded.sections
+    body = GrantBody.parse(body_bytes, max_bytes=4096)
+    signed = read_envelope(envelope, fx.directory)
+
+    def grant_with(signer: SigningKeyPair, **changes: Any) -> bytes:
+        changed = body.model_copy(update=changes).to_bytes()
+        return frames.encode(frames.Kind.GRANT, signer, (changed, envelope))
+
+    other = _envelope(fx, incident=INCIDENT, payload=b"another message of the incident")
+    flipped = bytearray(grant)
+    flipped[26 + body_bytes.index(NEWCOMER.encode())] ^= 0x01  # the newcomer renamed
+    polisen = fx.identities["polisen-stockholm"]
+    red = seal_envelope(
+        sender=nacka,
+        recipients=[RecipientKey.of(fx.directory.actor(a), CREATED) for a in RECIPIENTS],  # type: ignore[arg-type]
+        label=_label(tlp=Tlp.RED),
+        message_type=MessageType.SITUATION_REPORT,
+        payload=b"TLP:RED: only for the named recipients",
+        created=CREATED,
+        expires=EXPIRES,
+        incident=INCIDENT,
+        rand=fx.rand,
+    )
+    red_signed = read_envelope(red.raw, fx.directory)
+    red_wrap = GrantBody(
+        **{
+            **body.wire(),
+            "message": red_signed.header.id,
+            "header_hash": red_signed.header_hash,
+        }
+    )
+    red_grant = frames.encode(frames.Kind.GRANT, nacka.signing, (red_wrap.to_bytes(), red.raw))
+    verify_at = GRANTED_AT + 1_000
+    grant_vector = {
+        **common,
+        "description": (
+            f"{NEWCOMER} joined incident {INCIDENT} late; nacka grants it an earlier "
+            "SEKRETESS / TLP:AMBER situation report of the incident"
+        ),
+        "now": verify_at,
+        "incident": INCIDENT,
+        "originator": {
+            "actor": SENDER,
+            "signing_public": nacka.signing.public.hex(),
+            "signing_key_id": nacka.signing.key_id,
+        },
+        "newcomer": {"actor": NEWCOMER, **_hexkeys(fx.identities[NEWCOMER])},
+        "envelope": sealed.raw.hex(),
+        "grant": grant.hex(),
+        "expected": {
+            "body": json.loads(body_bytes),
+            "body_bytes": body_bytes.decode(),
+            "header_hash": signed.header_hash,
+            "content_key": content_key.hex(),
+            "ephemeral_secret": grant_ephemeral.hex(),
+            "signature": decoded.signature.hex(),
+            "plaintext": GRANT_PAYLOAD.decode(),
+            "plaintext_hex": GRANT_PAYLOAD.hex(),
+        },
+        "invalid": [
+            {
+                "name": "signed_by_another_actor",
+                "description": "the same grant signed by polisen-stockholm's key",
+                "grant": frames.encode(frames.Kind.GRANT, polisen.signing, decoded.sections).hex(),
+                "stage": "verify",
+                "reason": "grant_signer_mismatch",
+            },
+            {
+                "name": "tampered",
+                "description": "the newcomer renamed (one bit), original signature kept",
+                "grant": bytes(flipped).hex(),
+                "stage": "verify",
+                "reason": "grant_bad_signature",
+            },
+            {
+                "name": "envelope_swapped",
+                "description": "signed by nacka, but carries another message of the incident",
+                "grant": frames.encode(frames.Kind.GRANT, nacka.signing, (body_bytes, other)).hex(),
+                "stage": "verify",
+                "reason": "grant_mismatch",
+            },
+            {
+                "name": "already_recipient",
+                "description": "signed by nacka, granting the message to one of its recipients",
+                "grant": grant_with(
+                    nacka.signing,
+                    recipient="sos-alarm",
+                    key_id=fx.identities["sos-alarm"].encryption.key_id,
+                ).hex(),
+                "stage": "verify",
+                "reason": "grant_already_recipient",
+            },
+            {
+                "name": "an_envelope",
+                "description": "an E frame offered as a grant",
+                "grant": sealed.raw.hex(),
+                "stage": "verify",
+                "reason": "grant_malformed",
+            },
+            {
+                "name": "red",
+                "description": "a TLP:RED message granted by a client that skipped the rule",
+                "grant": red_grant.hex(),
+                "stage": "open",
+                "reason": "grant_not_allowed",
+            },
+            {
+                "name": "not_addressed",
+                "description": "the valid grant opened by stockholms-hamnar",
+                "grant": grant.hex(),
+                "stage": "open",
+                "recipient": "stockholms-hamnar",
+                "reason": "not_addressed",
+            },
+            {
+                "name": "expired",
+                "description": "the valid grant opened after the message expired (+ leeway)",
+                "grant": grant.hex(),
+                "stage": "open",
+                "now": EXPIRES + 120_000,
+                "reason": "expired",
+            },
+        ],
+    }
+    return {"grant.json": grant_vector, "bundle.json": _bundle(fx, common, sealed.raw, grant)}
+
+
+def _bundle(fx: _Fixture, common: dict[str, Any], envelope: bytes, grant: bytes) -> dict[str, Any]:
+    nacka = fx.identities[SENDER]
+    created = GRANTED_AT + 600_000
+    bundle = make_bundle(nacka, [envelope, grant], created=created, incident=INCIDENT)
+    decoded = frames.decode(bundle, frames.Kind.BUNDLE, max_bytes=1 << 27, max_section=(1 << 27,))
+    (body_bytes,) = decoded.sections
+    body = json.loads(body_bytes)
+
+    def signed_bundle(signer: SigningKeyPair, **changes: Any) -> bytes:
+        changed = json.dumps(
+            {**body, **changes}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+        return frames.encode(frames.Kind.BUNDLE, signer, (changed,))
+
+    flipped = bytearray(bundle)
+    flipped[26 + 200] ^= 0x01
+    bad_item = bytearray(envelope)
+    bad_item[60] ^= 0x01  # inside the header: the envelope's own signature fails
+    tampered_item = make_bundle(nacka, [bytes(bad_item), grant], created=created, incident=INCIDENT)
+    return {
+        **common,
+        "description": "nacka exports the incident message and its grant to solna for carrying",
+        "now": created + 1_000,
+        "exporter": {
+            "actor": SENDER,
+            "signing_public": nacka.signing.public.hex(),
+            "signing_key_id": nacka.signing.key_id,
+        },
+        "bundle": bundle.hex(),
+        "expected": {
+            "body": body,
+            "items": [envelope.hex(), grant.hex()],
+            "signature": decoded.signature.hex(),
+        },
+        "invalid": [
+            {
+                "name": "tampered",
+                "description": "one bit of the body changed, original signature kept",
+                "bundle": bytes(flipped).hex(),
+                "reason": "bundle_bad_signature",
+            },
+            {
+                "name": "unknown_exporter",
+                "description": "signed by a key the directory does not list",
+                "bundle": signed_bundle(SigningKeyPair.generate(fx.rand)).hex(),
+                "reason": "bundle_unknown_signer",
+            },
+            {
+                "name": "other_exporter_named",
+                "description": "signed by nacka, the body names solna as the exporter",
+                "bundle": signed_bundle(nacka.signing, exporter=NEWCOMER).hex(),
+                "reason": "bundle_signer_mismatch",
+            },
+            {
+                "name": "item_not_base64",
+                "description": "signed by nacka, an item is not base64",
+                "bundle": signed_bundle(nacka.signing, items=["not base64!"]).hex(),
+                "reason": "bundle_malformed",
+            },
+            {
+                "name": "item_not_a_frame",
+                "description": "signed by nacka, an item is the directory (a D frame)",
+                "bundle": signed_bundle(
+                    nacka.signing, items=[base64.b64encode(fx.directory.raw).decode()]
+                ).hex(),
+                "reason": "bundle_malformed",
+            },
+        ],
+        "tampered_item": {
+            "description": (
+                "a bundle that verifies, holding an envelope changed before export: the item "
+                "fails its own verification (bad_signature) and the grant still verifies"
+            ),
+            "bundle": tampered_item.hex(),
+            "item_reasons": ["bad_signature", None],
+        },
     }
 
 

@@ -22,8 +22,18 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
 
-from broker import deploy
+from broker import deploy, subjects
 from broker.config import BrokerConfig
+from broker.core import (
+    Control,
+    IncidentEntry,
+    Label,
+    MessageType,
+    RecipientKey,
+    Tlp,
+    build_envelope,
+    read_envelope,
+)
 from broker.demo import DemoRegion
 from broker.embedded import nats_server_binary
 from broker.service import Service
@@ -371,3 +381,51 @@ async def _cross_actor_attempts(nc: NatsClient, errors: list[str]) -> dict[str, 
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
     return outcomes
+
+
+async def test_an_actor_lists_an_incident_index_with_its_own_credentials(
+    secured: Any, live_region: DemoRegion
+) -> None:
+    """The incident index lives in KV ``ssr_index``; an actor's NATS user reads it with a
+    server-side filter (an ordered consumer on ``<incident>.>``), never writes it."""
+    urls, server, _ = secured
+    now = time.time_ns() // 1_000_000
+    activation = build_envelope(
+        sender=live_region.identities["stockholm"],
+        recipients=[RecipientKey.of(live_region.directory.actor("nacka"), now)],  # type: ignore[arg-type]
+        label=Label(policy="ssr", classification="INTERN", tlp=Tlp.GREEN),
+        message_type=MessageType.ACTIVATION,
+        payload=b"{}",
+        created=now,
+        expires=now + 3_600_000,
+        incident="storm-index",
+        control=Control(incident_type="storm"),
+    )
+    message_id = read_envelope(activation, live_region.directory).header.id
+    stockholm = await nats.connect(urls["stockholm"], inbox_prefix="_INBOX_stockholm")
+    nacka = await nats.connect(urls["nacka"], inbox_prefix="_INBOX_nacka")
+    try:
+        await stockholm.jetstream().publish(subjects.submit_subject("stockholm"), activation)
+        kv = await nacka.jetstream().key_value(subjects.INDEX_BUCKET)
+        deadline = time.monotonic() + WAIT
+        keys: list[str] = []
+        while not keys and time.monotonic() < deadline:
+            watcher = await kv.watch(
+                subjects.index_prefix("storm-index") + ">", ignore_deletes=True, meta_only=True
+            )
+            async with asyncio.timeout(WAIT):
+                async for entry in watcher:
+                    if entry is None:
+                        break
+                    keys.append(entry.key)
+            await watcher.stop()
+            if not keys:
+                await asyncio.sleep(0.05)
+        assert keys == [subjects.index_key("storm-index", message_id)]
+        entry = await kv.get(keys[0])
+        assert entry.value is not None
+        assert IncidentEntry.parse(entry.value, max_bytes=65536).sender == "stockholm"
+    finally:
+        await stockholm.close()
+        await nacka.close()
+    assert "Violation" not in server.log.read_text()

@@ -22,12 +22,16 @@ LIMITS = {
     Kind.RECEIPT: (BIG,),
     Kind.DIRECTORY: (BIG,),
     Kind.NOTICE: (BIG,),
+    Kind.GRANT: (BIG, BIG),
+    Kind.BUNDLE: (BIG,),
 }
 SECTIONS = {
     Kind.ENVELOPE: (b'{"header":1}', b"wraps", b"ciphertext"),
     Kind.RECEIPT: (b'{"receipt":1}',),
     Kind.DIRECTORY: (b'{"directory":1}',),
     Kind.NOTICE: (b'{"notice":1}',),
+    Kind.GRANT: (b'{"grant":1}', b"envelope"),
+    Kind.BUNDLE: (b'{"bundle":1}',),
 }
 
 
@@ -99,6 +103,8 @@ def test_kind_codes_and_section_counts() -> None:
         (b"R", 1),
         (b"D", 1),
         (b"N", 1),
+        (b"G", 2),
+        (b"B", 1),
     ]
 
 

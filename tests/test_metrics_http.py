@@ -31,6 +31,11 @@ EXPECTED_NAMES = {
     "ssr_broker_receipts_rejected_total",
     "ssr_broker_escalations_total",
     "ssr_broker_notices_sent_total",
+    "ssr_broker_requests_overdue_total",
+    "ssr_broker_grant_requests_total",
+    "ssr_broker_grants_refused_total",
+    "ssr_broker_grants_total",
+    "ssr_broker_grants_rejected_total",
     "ssr_broker_decision_seconds",
     "ssr_broker_routing_seconds",
     "ssr_broker_audit_events_total",
@@ -485,8 +490,10 @@ async def test_two_servers_side_by_side(health: FakeHealth):
         aiohttp.ClientSession() as session,
     ):
         assert sa.port != sb.port
-        a.open_incidents.set(4)
+        a.set_open_incidents(["actual"] * 4 + ["exercise"])
         async with session.get(sa.url + "/metrics") as r:
-            assert "ssr_broker_open_incidents 4.0" in await r.text()
+            text = await r.text()
+            assert 'ssr_broker_open_incidents{status="actual"} 4.0' in text
+            assert 'ssr_broker_open_incidents{status="exercise"} 1.0' in text
         async with session.get(sb.url + "/metrics") as r:
-            assert "ssr_broker_open_incidents 0.0" in await r.text()
+            assert 'ssr_broker_open_incidents{status="actual"} 0.0' in await r.text()

@@ -90,8 +90,15 @@ def test_load_policy_docstring_example() -> None:
 
 def test_module_docstring_example_loads() -> None:
     p = load_policy(docstring_example())
-    # Apart from its mode overlay, the example spells out the defaults.
-    assert p.model_copy(update={"modes": {}}) == Policy()
+    # Apart from its mode overlay and its one incident type, the example spells out the
+    # defaults (the built-in catalogue is empty: any incident type is accepted).
+    assert p.model_copy(update={"modes": {}, "incident_types": {}}) == Policy()
+    storm = p.incident_type("storm")
+    assert storm is not None
+    assert storm.communicators == "kommunikatorer"
+    assert p.knows_incident_type("storm")
+    assert not p.knows_incident_type("volcano")
+    assert Policy().knows_incident_type("volcano")
     assert p.required_recipients(MessageType.SITUATION_REPORT, Mode.HEIGHTENED_ALERT) == (
         "lansstyrelsen-stockholm",
     )
@@ -395,6 +402,47 @@ DEADLINES = "routine = 1\npriority = 1\nimmediate = 1\n"
             "valid tuple",
         ),
         ("modes = 1", "modes", 1, "valid dictionary"),
+        # the incident type catalogue
+        ("[incident_types.storm]\ngroups = []", "incident_types.storm.name", 1, "required"),
+        ('[incident_types.storm]\nname = "S"\nsize = 1', "incident_types.storm.size", 3, "Extra"),
+        ('[incident_types.Storm]\nname = "S"', "incident_types.Storm.[key]", 1, "pattern"),
+        ('[incident_types.storm]\nname = ""', "incident_types.storm.name", 2, "at least 1"),
+        (
+            '[incident_types.storm]\nname = "S"\ntlp = "BLUE"',
+            "incident_types.storm.tlp",
+            3,
+            "CLEAR",
+        ),
+        (
+            '[incident_types.storm]\nname = "S"\npriority = "urgent"',
+            "incident_types.storm.priority",
+            3,
+            "routine",
+        ),
+        (
+            '[incident_types.storm]\nname = "S"\nclassification = "HEMLIG"',
+            "incident_types",
+            1,
+            "above the ceiling",
+        ),
+        (
+            '[incident_types.storm]\nname = "S"\nclassification = "TOPP"',
+            "incident_types",
+            1,
+            "not on the ladder",
+        ),
+        (
+            '[incident_types.storm]\nname = "S"\ngroups = ["Kommuner"]',
+            "incident_types.storm.groups.0",
+            3,
+            "pattern",
+        ),
+        (
+            '[incident_types.storm]\nname = "S"\nchecklist = ["x", 5]',
+            "incident_types.storm.checklist.1",
+            3,
+            "valid string",
+        ),
     ],
 )
 def test_load_policy_refuses(text: str, field: str, line: int, words: str) -> None:

@@ -2,8 +2,9 @@
 
 It imports nothing from ``broker``: only the standard library and raw
 libsodium through ``nacl.bindings``. It verifies the directory chain, builds
-the valid envelope byte for byte, decides and opens envelopes, and verifies
-receipts and broker notices, all against the published vectors. Where it agrees with the
+the valid envelope byte for byte, decides and opens envelopes, verifies
+receipts and broker notices, verifies and opens key grants (rebuilding one byte
+for byte) and verifies offline bundles, all against the published vectors. Where it agrees with the
 reference implementation, the written specification is precise enough to
 build from. Section numbers (§) refer to PROTOCOL.md.
 """
@@ -37,7 +38,7 @@ RECIPIENT_CODES += ("recipient_not_cleared", "recipient_lacks_category")
 # Member names of each document (§5): every member present, no others.
 HEADER = {"v", "id", "type", "sender", "sender_key", "recipients", "label", "status"}
 HEADER |= {"priority", "created", "expires", "incident", "references", "content_type", "control"}
-CONTROL = {"mode", "incident_type"}
+CONTROL = {"mode", "incident_type", "communication_lead", "deadline", "press"}
 LABEL = {"policy", "classification", "tlp", "categories", "legal"}
 WRAP = {"recipient", "key_id", "sealed"}
 RECEIPT = {"v", "kind", "message", "header_hash", "sender", "recipient", "signer_key", "at", "note"}
@@ -46,6 +47,11 @@ DIRECTORY |= {"groups", "officers", "brokers"}
 NOTICE = {"v", "kind", "broker", "signer_key", "to", "message", "header_hash", "submission"}
 NOTICE |= {"reason", "recipients", "at", "detail"}
 KEY = {"key_id", "public", "not_before", "not_after", "revoked_at"}
+GRANT = {"v", "message", "header_hash", "sender", "signer_key", "recipient", "incident"}
+GRANT |= {"key_id", "sealed", "at"}
+BUNDLE = {"v", "exporter", "signer_key", "created", "incident", "items"}
+MAX_GRANT_BODY, MAX_BUNDLE, MAX_BUNDLE_ITEMS = 4096, 64 << 20, 5000
+NEVER_GRANTED = {"RED", "AMBER+STRICT"}
 
 
 class Refused(Exception):
@@ -332,17 +338,32 @@ def decide(data: bytes, directory: dict[str, Any], now: int, seen: set[str]) -> 
     require(not region_wide or "authority" in roles, "region_wide_not_allowed")
     # The default policy has no mode overlays, so no recipient is required (check 23).
     kind, control, incident = header["type"], header["control"], header["incident"]
+    given = {name for name, value in (control or {}).items() if value is not None}
     if kind == "mode_change":
-        fits = control is not None and control["mode"] is not None
-        fits = fits and control["incident_type"] is None
+        fits = given == {"mode"}
     elif kind == "activation":
-        fits = control is not None and control["mode"] is None and incident is not None
+        fits = control is not None and incident is not None
+        fits = fits and given <= {"incident_type", "communication_lead"}
+        lead = control["communication_lead"] if control else None
+        require(lead in (None, header["sender"], *header["recipients"]), "control_invalid")
+    elif kind == "request":
+        fits = given <= {"deadline"}
+        deadline = control["deadline"] if control else None
+        require(deadline is None or created < deadline <= expires, "control_invalid")
+    elif kind == "communication":
+        fits = given <= {"press"} and (not given or incident is not None)
     else:
         fits = control is None and (kind != "incident_close" or incident is not None)
     require(fits, "control_invalid")
+    # The default policy's catalogue of incident types is empty: every type is known.
     if incident is not None:  # this implementation knows no incidents: every one is new
         require(kind == "activation", "incident_unknown")
         require(control["incident_type"] is not None, "control_invalid")
+    if kind == "communication":  # press lines (check 25a)
+        press = control["press"] if control else None
+        public = label["tlp"] == "CLEAR" and label["classification"] == LADDER[0]
+        require(press == "approved" or not public, "press_line_unapproved")
+        require(press != "approved", "press_approval_not_lead")  # knows no incident or lead
     problems: dict[str, list[str]] = {}
     for wrap in env.wraps:
         code = recipient_problem(wrap, directory, label, now)
@@ -423,11 +444,100 @@ def verify_notice(data: bytes, directory: dict[str, Any], now: int) -> dict[str,
     return body
 
 
+# §22 key grants -------------------------------------------------------------------------------
+
+
+def verify_grant(data: bytes, directory: dict[str, Any], now: int) -> tuple[dict, Envelope]:
+    try:
+        frame = decode_frame(
+            data, b"G", MAX_ENVELOPE + MAX_GRANT_BODY + 256, (MAX_GRANT_BODY, MAX_ENVELOPE)
+        )
+    except Refused as exc:
+        raise Refused("grant_malformed") from exc
+    entry = directory["signers"].get(frame.signer.hex())
+    require(entry is not None and entry[1] == "actor", "grant_unknown_signer")
+    principal, _, key = entry
+    require(frame.verifies(unb64(key["public"])), "grant_bad_signature")
+    body = parse(frame.sections[0], GRANT, "grant_malformed")
+    try:
+        unb64(body["sealed"], 80)
+    except ValueError as exc:
+        raise Refused("grant_malformed") from exc
+    signer_ok = body["sender"] == principal and body["signer_key"] == frame.signer.hex()
+    require(signer_ok, "grant_signer_mismatch")
+    revoked = key["revoked_at"] is not None and now >= key["revoked_at"]
+    require(not revoked and usable(key, body["at"]), "grant_key_invalid")
+    env = read_envelope(frame.sections[1], directory)  # the envelope's own codes (§8, 1-9)
+    header = env.header
+    require(header["sender"] == body["sender"], "grant_signer_mismatch")
+    same = (header["id"], hashlib.sha256(env.header_bytes).hexdigest(), header["incident"])
+    require(same == (body["message"], body["header_hash"], body["incident"]), "grant_mismatch")
+    has_it = body["recipient"] in header["recipients"] or body["recipient"] == header["sender"]
+    require(not has_it, "grant_already_recipient")
+    return body, env
+
+
+def open_grant(body: dict, env: Envelope, directory: dict, me: str, secret: bytes, now: int):
+    header = env.header
+    require(body["recipient"] == me, "not_addressed")
+    require(header["label"]["tlp"] not in NEVER_GRANTED, "grant_not_allowed")
+    require(env.sender["status"] == "active", "sender_inactive")
+    revoked = env.key["revoked_at"] is not None and now >= env.key["revoked_at"]
+    require(not revoked and usable(env.key, header["created"]), "sender_key_revoked")
+    require(header["created"] <= now + LEEWAY, "not_yet_valid")
+    require(header["expires"] > now - LEEWAY, "expired")
+    require(header["expires"] - header["created"] <= MAX_LIFETIME, "lifetime_too_long")
+    require(header["label"]["policy"] == POLICY_ID, "label_invalid")
+    myself = directory["actors"].get(me)
+    require(myself is not None and cleared(myself, header["label"]), "not_cleared")
+    public = sodium.crypto_scalarmult_base(secret)
+    try:
+        require(body["key_id"] == key_id(public).hex(), "invalid")
+        content_key = sodium.crypto_box_seal_open(unb64(body["sealed"]), public, secret)
+        require(len(content_key) == 32, "invalid")
+        ad = hashlib.sha256(env.header_bytes).digest()
+        return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            env.ciphertext[24:], ad, env.ciphertext[:24], content_key
+        )
+    except (CryptoError, ValueError) as exc:
+        raise Refused("invalid") from exc
+
+
+# §23 offline bundles ----------------------------------------------------------------------------
+
+
+def verify_bundle(data: bytes, directory: dict[str, Any], now: int) -> list[bytes]:
+    try:
+        frame = decode_frame(data, b"B", MAX_BUNDLE + 256, (MAX_BUNDLE,))
+    except Refused as exc:
+        raise Refused(
+            "bundle_too_large" if exc.code == "too_large" else "bundle_malformed"
+        ) from exc
+    entry = directory["signers"].get(frame.signer.hex())
+    require(entry is not None and entry[1] == "actor", "bundle_unknown_signer")
+    principal, _, key = entry
+    require(frame.verifies(unb64(key["public"])), "bundle_bad_signature")
+    body = parse(frame.sections[0], BUNDLE, "bundle_malformed")
+    require(len(body["items"]) <= MAX_BUNDLE_ITEMS, "bundle_malformed")
+    signer_ok = body["exporter"] == principal and body["signer_key"] == frame.signer.hex()
+    require(signer_ok, "bundle_signer_mismatch")
+    revoked = key["revoked_at"] is not None and now >= key["revoked_at"]
+    exporter_ok = directory["actors"][principal]["status"] == "active"
+    require(exporter_ok and not revoked and usable(key, body["created"]), "bundle_key_invalid")
+    try:
+        items = [unb64(item) for item in body["items"]]
+    except ValueError as exc:
+        raise Refused("bundle_malformed") from exc
+    require(all(i[:3] == b"SSR" and i[4:5] in (b"E", b"G") for i in items), "bundle_malformed")
+    return items
+
+
 # The tests ------------------------------------------------------------------------------------
 
 ENVELOPE, INVALID = load("envelope-valid.json"), load("envelope-invalid.json")
 RECEIPT_VECTOR, CHAIN = load("receipt.json"), load("directory-chain.json")
 NOTICE_VECTOR = load("notice.json")
+GRANT_VECTOR, BUNDLE_VECTOR = load("grant.json"), load("bundle.json")
 PINNED = bytes.fromhex(CHAIN["authority_public"])
 
 
@@ -600,3 +710,126 @@ def test_a_notice_is_no_envelope_and_an_envelope_no_notice():
         decide(bytes.fromhex(NOTICE_VECTOR["notice"]), directory, NOTICE_VECTOR["now"], set())
     with pytest.raises(Refused, match="notice_malformed"):
         verify_notice(bytes.fromhex(ENVELOPE["envelope"]), directory, NOTICE_VECTOR["now"])
+
+
+def test_grant_verifies_and_opens_for_the_newcomer():
+    directory, now = directory_of(GRANT_VECTOR), GRANT_VECTOR["now"]
+    raw, expected = bytes.fromhex(GRANT_VECTOR["grant"]), GRANT_VECTOR["expected"]
+    body, env = verify_grant(raw, directory, now)
+    assert body == expected["body"]
+    assert dumps(body) == expected["body_bytes"].encode()
+    assert decode_frame(raw, b"G", 1 << 21, (4096, 1 << 20)).sections == [
+        dumps(body),
+        bytes.fromhex(GRANT_VECTOR["envelope"]),
+    ]
+    assert hashlib.sha256(env.header_bytes).hexdigest() == expected["header_hash"]
+    assert env.header["incident"] == GRANT_VECTOR["incident"] == body["incident"]
+    newcomer = GRANT_VECTOR["newcomer"]
+    assert newcomer["actor"] not in env.header["recipients"]
+    # The broker would decide the original like any envelope; this one knows no incidents.
+    with pytest.raises(Refused, match="incident_unknown"):
+        decide(bytes.fromhex(GRANT_VECTOR["envelope"]), directory, now, seen=set())
+    secret = bytes.fromhex(newcomer["encryption_secret"])
+    payload = open_grant(body, env, directory, newcomer["actor"], secret, now)
+    assert payload == bytes.fromhex(expected["plaintext_hex"])
+    assert payload.decode() == expected["plaintext"]
+
+
+def test_building_reproduces_the_grant_byte_for_byte():
+    """§22.2's procedure with the published content key and ephemeral secret, signed with
+    nacka's seed from Appendix A's stream, gives exactly the published grant."""
+    seed, stream = b"ssr-test-vectors-v1", b""
+    while len(stream) < 64:
+        stream += hashlib.sha256(seed + (len(stream) // 32).to_bytes(8, "big")).digest()
+    expected, newcomer = GRANT_VECTOR["expected"], GRANT_VECTOR["newcomer"]
+    public = bytes.fromhex(newcomer["encryption_public"])
+    content_key = bytes.fromhex(expected["content_key"])
+    sealed = seal(content_key, public, bytes.fromhex(expected["ephemeral_secret"]))
+    envelope = bytes.fromhex(GRANT_VECTOR["envelope"])
+    env = read_envelope(envelope, directory_of(GRANT_VECTOR))
+    body = {
+        "v": 1,
+        "message": env.header["id"],
+        "header_hash": hashlib.sha256(env.header_bytes).hexdigest(),
+        "sender": env.header["sender"],
+        "signer_key": key_id(sodium.crypto_sign_seed_keypair(stream[32:64])[0]).hex(),
+        "recipient": newcomer["actor"],
+        "incident": env.header["incident"],
+        "key_id": key_id(public).hex(),
+        "sealed": base64.b64encode(sealed).decode(),
+        "at": expected["body"]["at"],
+    }
+    grant = encode_frame(b"G", stream[32:64], [dumps(body), envelope])
+    assert grant.hex() == GRANT_VECTOR["grant"]
+
+
+@pytest.mark.parametrize("case", GRANT_VECTOR["invalid"], ids=lambda c: c["name"])
+def test_invalid_grants_are_refused_with_their_reason(case):
+    directory, raw = directory_of(GRANT_VECTOR), bytes.fromhex(case["grant"])
+    now = case.get("now", GRANT_VECTOR["now"])
+    newcomer = GRANT_VECTOR["newcomer"]
+    if case["stage"] == "verify":
+        with pytest.raises(Refused) as caught:
+            verify_grant(raw, directory, now)
+    else:
+        body, env = verify_grant(raw, directory, GRANT_VECTOR["now"])
+        me = case.get("recipient", newcomer["actor"])
+        secret = bytes.fromhex(newcomer["encryption_secret"])
+        with pytest.raises(Refused) as caught:
+            open_grant(body, env, directory, me, secret, now)
+    assert caught.value.code == case["reason"]
+
+
+def test_no_single_bit_flip_of_the_grant_verifies():
+    directory, raw = directory_of(GRANT_VECTOR), bytes.fromhex(GRANT_VECTOR["grant"])
+    for position in range(0, len(raw), 3):
+        flipped = bytearray(raw)
+        flipped[position] ^= 1 << (position % 8)
+        with pytest.raises(Refused):
+            verify_grant(bytes(flipped), directory, GRANT_VECTOR["now"])
+
+
+def test_bundle_verifies_and_each_item_verifies_on_its_own():
+    directory, now = directory_of(BUNDLE_VECTOR), BUNDLE_VECTOR["now"]
+    raw = bytes.fromhex(BUNDLE_VECTOR["bundle"])
+    items = verify_bundle(raw, directory, now)
+    assert [i.hex() for i in items] == BUNDLE_VECTOR["expected"]["items"]
+    section = decode_frame(raw, b"B", MAX_BUNDLE + 256, (MAX_BUNDLE,)).sections[0]
+    assert section == dumps(BUNDLE_VECTOR["expected"]["body"])
+    envelope, grant = items
+    read_envelope(envelope, directory)
+    body, _env = verify_grant(grant, directory, now)
+    assert body["message"] == read_envelope(envelope, directory).header["id"]
+    # Dedupe on import: the envelope by its message id, the grant by (message, newcomer).
+    keys = {read_envelope(envelope, directory).header["id"], (body["message"], body["recipient"])}
+    assert len(keys) == 2
+
+
+@pytest.mark.parametrize("case", BUNDLE_VECTOR["invalid"], ids=lambda c: c["name"])
+def test_invalid_bundles_are_refused_with_their_reason(case):
+    with pytest.raises(Refused) as caught:
+        verify_bundle(
+            bytes.fromhex(case["bundle"]), directory_of(BUNDLE_VECTOR), BUNDLE_VECTOR["now"]
+        )
+    assert caught.value.code == case["reason"]
+
+
+def test_a_bundle_vouches_for_bytes_not_for_items():
+    directory, now = directory_of(BUNDLE_VECTOR), BUNDLE_VECTOR["now"]
+    tampered = BUNDLE_VECTOR["tampered_item"]
+    items = verify_bundle(bytes.fromhex(tampered["bundle"]), directory, now)
+    with pytest.raises(Refused) as caught:
+        read_envelope(items[0], directory)
+    assert [caught.value.code, None] == tampered["item_reasons"]
+    verify_grant(items[1], directory, now)
+
+
+def test_frame_kinds_keep_grants_bundles_and_envelopes_apart():
+    directory, now = directory_of(GRANT_VECTOR), GRANT_VECTOR["now"]
+    grant, bundle = bytes.fromhex(GRANT_VECTOR["grant"]), bytes.fromhex(BUNDLE_VECTOR["bundle"])
+    with pytest.raises(Refused, match="malformed"):
+        read_envelope(grant, directory)
+    with pytest.raises(Refused, match="grant_malformed"):
+        verify_grant(bundle, directory, now)
+    with pytest.raises(Refused, match="bundle_malformed"):
+        verify_bundle(grant, directory, now)

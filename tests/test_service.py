@@ -491,7 +491,7 @@ async def test_incident_opens_limits_participants_and_closes(
     record = Incident.parse(entry.value, max_bytes=64 * 1024)
     assert (record.type, record.owner, record.is_open) == ("storm", "lansstyrelsen-stockholm", True)
     assert record.participants == ("lansstyrelsen-stockholm", "nacka", "stockholm")
-    assert metric(service, "ssr_broker_open_incidents") == 1
+    assert metric(service, "ssr_broker_open_incidents", status="actual") == 1
 
     # Inside the incident: only to participants.
     _, inside = await net.send("nacka", ["stockholm"], incident=incident)
@@ -515,7 +515,7 @@ async def test_incident_opens_limits_participants_and_closes(
     entry = await service.bus.kv_get(subjects.STATE_BUCKET, subjects.incident_key(incident))
     assert entry is not None
     assert not Incident.parse(entry.value, max_bytes=64 * 1024).is_open
-    assert metric(service, "ssr_broker_open_incidents") == 0
+    assert metric(service, "ssr_broker_open_incidents", status="actual") == 0
     _, late = await net.send("nacka", ["stockholm"], incident=incident)
     notice = await net.verdict("nacka", late)
     assert (notice.kind, notice.reason) == (NoticeKind.REJECTED, "incident_closed")
@@ -541,7 +541,7 @@ async def test_state_changes_apply_to_the_very_next_message(
             ["nacka", "stockholm"],
             message_type=MessageType.ACTIVATION,
             incident=incident,
-            control=Control(incident_type="fire"),
+            control=Control(incident_type="major-accident"),
         )
         follow_up = net.envelope("nacka", ["stockholm"], incident=incident)
         await net.submit("lansstyrelsen-stockholm", activation)
@@ -553,7 +553,7 @@ async def test_state_changes_apply_to_the_very_next_message(
         ).kind is NoticeKind.ACCEPTED
         notice = await net.verdict("nacka", follow_up)
         assert (notice.kind, notice.reason) == (NoticeKind.ACCEPTED, None)
-    assert metric(service, "ssr_broker_open_incidents") == 12
+    assert metric(service, "ssr_broker_open_incidents", status="actual") == 12
 
 
 async def test_an_incident_opened_through_one_broker_is_known_to_the_other(
@@ -572,7 +572,7 @@ async def test_an_incident_opened_through_one_broker_is_known_to_the_other(
             ["nacka", "stockholm"],
             message_type=MessageType.ACTIVATION,
             incident=incident,
-            control=Control(incident_type="water"),
+            control=Control(incident_type="water-supply"),
         )
         await net.submit("lansstyrelsen-stockholm", activation)
         await net.accepted_and_delivered("lansstyrelsen-stockholm", activation)

@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from broker.core import (
     Accept,
+    BundleError,
     DirectoryError,
     EncryptionKeyPair,
+    EnvelopeError,
+    GrantBody,
+    GrantError,
     Identity,
     Mode,
     NoticeError,
@@ -20,14 +25,20 @@ from broker.core import (
     SigningKeyPair,
     check_receipt_matches,
     decide,
+    decrypt_own,
     open_envelope,
+    open_grant,
     read_envelope,
+    verify_bundle,
     verify_chain,
     verify_directory,
+    verify_grant,
     verify_notice,
     verify_receipt,
 )
 from broker.core.crypto import sha256
+from broker.core.envelope import RecipientKey, wrap_for
+from broker.schemagen import build_schemas
 from broker.vectors import build_vectors, render
 
 VECTORS = Path(__file__).resolve().parent.parent / "schemas" / "vectors"
@@ -168,3 +179,89 @@ def test_directory_chain_vector():
                 bytes.fromhex(case["version"]), pinned=pinned, previous=chain[case["previous"] - 1]
             )
         assert caught.value.code == case["reason"], case["name"]
+
+
+def test_grant_vector_verifies_and_opens_for_the_newcomer():
+    vector = load("grant.json")
+    directory = directory_of(vector)
+    raw = bytes.fromhex(vector["grant"])
+    grant = verify_grant(raw, directory, now=vector["now"])
+    expected = vector["expected"]
+    assert grant.body.wire() == expected["body"]
+    assert grant.body.to_bytes() == expected["body_bytes"].encode()
+    assert grant.envelope.raw == bytes.fromhex(vector["envelope"])
+    assert grant.envelope.header_hash == expected["header_hash"] == grant.body.header_hash
+    assert grant.envelope.header.incident == vector["incident"]
+    assert vector["newcomer"]["actor"] not in grant.envelope.header.recipients
+    me = identity(vector["newcomer"]["actor"], vector["newcomer"])
+    opened = open_grant(grant, me=me, directory=directory, policy=Policy(), now=vector["now"])
+    assert opened.payload == bytes.fromhex(expected["plaintext_hex"])
+    assert opened.payload.decode() == expected["plaintext"]
+    signed = read_envelope(bytes.fromhex(vector["envelope"]), directory)
+    assert decrypt_own(signed, bytes.fromhex(expected["content_key"])).payload == opened.payload
+    jsonschema.validate(expected["body"], build_schemas()["grant-body"])
+
+
+def test_grant_vector_sealed_key_comes_from_its_published_draw():
+    vector = load("grant.json")
+    directory = directory_of(vector)
+    expected = vector["expected"]
+    draws = [bytes.fromhex(expected["ephemeral_secret"])]
+    nacka = load("envelope-valid.json")["sender"]
+    assert nacka["signing_key_id"] == vector["originator"]["signing_key_id"]
+    # The sealed key is the content key sealed with the published ephemeral secret (the
+    # independent test rebuilds the whole frame from Appendix A's stream).
+    newcomer = directory.actor(vector["newcomer"]["actor"])
+    assert newcomer is not None
+    body = GrantBody.parse(expected["body_bytes"].encode(), max_bytes=4096)
+    wrap = wrap_for(
+        bytes.fromhex(expected["content_key"]),
+        RecipientKey.of(newcomer, body.at),
+        lambda n: draws.pop(0)[:n],
+    )
+    assert (wrap.key_id, wrap.sealed) == (body.key_id, body.sealed)
+
+
+@pytest.mark.parametrize("case", load("grant.json")["invalid"], ids=lambda c: c["name"])
+def test_grant_vector_invalid_cases(case):
+    vector = load("grant.json")
+    directory = directory_of(vector)
+    now = case.get("now", vector["now"])
+    raw = bytes.fromhex(case["grant"])
+    if case["stage"] == "verify":
+        with pytest.raises(GrantError) as caught:
+            verify_grant(raw, directory, now=now)
+    else:
+        grant = verify_grant(raw, directory, now=vector["now"])
+        actor = case.get("recipient", vector["newcomer"]["actor"])
+        me = (
+            identity(actor, vector["newcomer"])
+            if actor == vector["newcomer"]["actor"]
+            else Identity.generate(actor)
+        )
+        with pytest.raises((GrantError, OpenError)) as caught:
+            open_grant(grant, me=me, directory=directory, policy=Policy(), now=now)
+    assert caught.value.code == case["reason"]
+
+
+def test_bundle_vector_verifies_and_each_item_verifies():
+    vector = load("bundle.json")
+    directory = directory_of(vector)
+    bundle = verify_bundle(bytes.fromhex(vector["bundle"]), directory, now=vector["now"])
+    assert bundle.body.wire() == vector["expected"]["body"]
+    assert [item.hex() for item in bundle.items] == vector["expected"]["items"]
+    envelope, grant = bundle.items
+    assert envelope == bytes.fromhex(load("grant.json")["envelope"])
+    read_envelope(envelope, directory)
+    verify_grant(grant, directory, now=vector["now"])
+    jsonschema.validate(vector["expected"]["body"], build_schemas()["bundle-body"])
+    for case in vector["invalid"]:
+        with pytest.raises(BundleError) as caught:
+            verify_bundle(bytes.fromhex(case["bundle"]), directory, now=vector["now"])
+        assert caught.value.code == case["reason"], case["name"]
+    tampered = vector["tampered_item"]
+    inside = verify_bundle(bytes.fromhex(tampered["bundle"]), directory, now=vector["now"])
+    with pytest.raises(EnvelopeError) as refused:
+        read_envelope(inside.items[0], directory)
+    assert [refused.value.code, None] == tampered["item_reasons"]
+    verify_grant(inside.items[1], directory, now=vector["now"])

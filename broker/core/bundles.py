@@ -14,8 +14,6 @@ content its items' senders did not sign. An importer needs only the directory.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from typing import Annotated, Final, Literal
 
@@ -24,7 +22,7 @@ from pydantic import Field
 from . import crypto, frame
 from .directory import ActorStatus, PrincipalKind, VerifiedDirectory
 from .errors import BundleError, FrameError, MalformedInput
-from .keys import Identity
+from .keys import Identity, b64, unb64
 from .limits import MAX_ENVELOPE_BYTES, MIB
 from .wire import HexId, Millis, Slug, WireModel
 
@@ -56,12 +54,17 @@ class VerifiedBundle:
     items: tuple[bytes, ...]
 
 
+def _is_item(item: bytes) -> bool:
+    """Looks like an ``E`` or ``G`` frame (magic and kind byte); each verifies on its own."""
+    return item[:3] == frame.MAGIC and item[4:5] in _ITEM_KINDS
+
+
 def make_bundle(
     me: Identity, items: list[bytes], *, created: int, incident: str | None = None
 ) -> bytes:
     """Sign a bundle of envelope and grant frames. Raises :class:`BundleError`."""
     for item in items:
-        if item[:3] != frame.MAGIC or item[4:5] not in _ITEM_KINDS:
+        if not _is_item(item):
             raise BundleError("a bundle holds envelopes and grants only", code="bundle_malformed")
     try:
         body = BundleBody(
@@ -69,7 +72,7 @@ def make_bundle(
             signer_key=me.signing.key_id,
             created=created,
             incident=incident,
-            items=tuple(base64.b64encode(item).decode("ascii") for item in items),
+            items=tuple(b64(item) for item in items),
         )
     except ValueError as exc:
         raise BundleError(f"cannot build bundle: {exc}", code="bundle_malformed") from exc
@@ -86,7 +89,10 @@ def verify_bundle(data: bytes, directory: VerifiedDirectory, *, now: int) -> Ver
     """Check the bundle's frame and the exporter's signature, then decode its items.
 
     Codes: ``bundle_too_large``, ``bundle_malformed``, ``bundle_unknown_signer``,
-    ``bundle_bad_signature``, ``bundle_signer_mismatch``, ``bundle_key_invalid``.
+    ``bundle_bad_signature``, ``bundle_signer_mismatch``, ``bundle_key_invalid`` (the
+    exporter not active, its key revoked by ``now`` or not usable at ``created``).
+    Items are only checked to be canonical base64 of an ``E`` or ``G`` frame: each must
+    still be verified on its own (``read_envelope``/``decide``, ``verify_grant``).
     """
     try:
         signed = frame.decode(
@@ -117,12 +123,18 @@ def verify_bundle(data: bytes, directory: VerifiedDirectory, *, now: int) -> Ver
     actor = directory.actor(signer.principal)
     if actor is None or body.exporter != actor.id or body.signer_key != signed.signer_id:
         raise BundleError("bundle names another exporter", code="bundle_signer_mismatch")
-    if actor.status is not ActorStatus.ACTIVE or signer.record.revoked_by(now):
+    if (
+        actor.status is not ActorStatus.ACTIVE
+        or signer.record.revoked_by(now)
+        or not signer.record.usable_at(body.created)
+    ):
         raise BundleError("the exporter or its key is no longer valid", code="bundle_key_invalid")
     try:
-        items = tuple(base64.b64decode(item, validate=True) for item in body.items)
-    except (binascii.Error, ValueError) as exc:
-        raise BundleError("an item is not base64", code="bundle_malformed") from exc
+        items = tuple(unb64(item) for item in body.items)
+    except ValueError as exc:
+        raise BundleError("an item is not canonical base64", code="bundle_malformed") from exc
+    if not all(_is_item(item) for item in items):
+        raise BundleError("a bundle holds envelopes and grants only", code="bundle_malformed")
     return VerifiedBundle(body, items)
 
 

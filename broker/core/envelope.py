@@ -345,18 +345,26 @@ def open_envelope(
         signed = read_envelope(data, directory, max_bytes=policy.limits.max_envelope_bytes)
     except EnvelopeError as exc:
         raise OpenError("envelope does not verify") from exc
-    check_openable(signed, me=me, directory=directory, policy=policy, now=now)
     wrap = next((w for w in signed.wraps if w.recipient == me.principal), None)
-    if wrap is None:
-        raise OpenError("not addressed to this actor", code="not_addressed")
+    check_openable(
+        signed, me=me, directory=directory, policy=policy, now=now, addressed=wrap is not None
+    )
+    assert wrap is not None
     return decrypt_with(signed, wrap, me)
 
 
 def check_openable(
-    signed: SignedEnvelope, *, me: Identity, directory: VerifiedDirectory, policy: Policy, now: int
+    signed: SignedEnvelope,
+    *,
+    me: Identity,
+    directory: VerifiedDirectory,
+    policy: Policy,
+    now: int,
+    addressed: bool = True,
 ) -> None:
-    """The recipient's checks of a verified envelope before it unwraps anything: sender
-    active and its key valid, times, label of this policy and within ``me``'s clearance."""
+    """The recipient's checks of a verified envelope before it unwraps anything, in order:
+    sender active and its key valid, times, addressed to ``me`` (``addressed``), label of
+    this policy and within ``me``'s clearance."""
     header = signed.header
     key, limits = signed.sender_key, policy.limits
     if signed.sender.status is not ActorStatus.ACTIVE:
@@ -370,6 +378,8 @@ def check_openable(
         raise OpenError("expired", code="expired")
     if header.expires - header.created > limits.max_lifetime_seconds * 1000:
         raise OpenError("expiry too far after creation", code="lifetime_too_long")
+    if not addressed:
+        raise OpenError("not addressed to this actor", code="not_addressed")
     if header.label.policy != policy.id:
         raise OpenError("label belongs to another policy", code="label_invalid")
     myself = directory.actor(me.principal)
@@ -390,7 +400,7 @@ def decrypt_own(signed: SignedEnvelope, content_key: bytes) -> OpenedEnvelope:
         body = signed.ciphertext[crypto.AEAD_NONCE_BYTES :]
         payload = crypto.aead_decrypt(content_key, nonce, body, bytes.fromhex(signed.header_hash))
     except crypto.CryptoFailure as exc:
-        raise OpenError("envelope cannot be opened with this content key") from exc
+        raise OpenError("envelope cannot be opened") from exc
     return OpenedEnvelope(
         header=signed.header, header_hash=signed.header_hash, payload=payload, raw=signed.raw
     )

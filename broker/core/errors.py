@@ -9,7 +9,10 @@
     ├── DirectoryError             a directory version is refused (code says why)
     ├── EnvelopeError              an envelope is refused at build or verification (code)
     │   └── OpenError              the recipient cannot open it (crypto failures opaque)
-    └── ReceiptError               a receipt is refused (code)
+    ├── ReceiptError               a receipt is refused (code)
+    ├── NoticeError                a broker notice does not verify (code; in ``notices``)
+    ├── GrantError                 a late joiner's key grant is refused (code)
+    └── BundleError                an offline bundle is refused (code)
 
 Errors carry fields (``code``, ``field``, ``line``), not just strings, so the
 shells can map them to reason codes, HTTP statuses and exit codes without

@@ -192,7 +192,7 @@ def verify_grant(
         or header.incident != body.incident
     ):
         raise GrantError("grant does not match the envelope it carries", code="grant_mismatch")
-    if body.recipient in header.recipients:
+    if body.recipient in header.recipients or body.recipient == header.sender:
         raise GrantError("the newcomer is already a recipient", code="grant_already_recipient")
     return VerifiedGrant(body, envelope, data)
 

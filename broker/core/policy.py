@@ -273,8 +273,10 @@ def _line_of(text: str, loc: tuple[str, ...]) -> int | None:
             if not key:
                 continue
             path = (*table, key.group(1).strip('"'))
-        depth = len(path)
-        if loc[:depth] == path and (best is None or depth > best[0]):
+        # A table deeper than the field (``[incident_types.storm]`` for ``incident_types``)
+        # is where that field is written.
+        depth = min(len(path), len(loc)) if header else len(path)
+        if loc[:depth] == path[:depth] and (best is None or depth > best[0]):
             best = (depth, number)
     return best[1] if best else None
 
