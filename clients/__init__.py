@@ -16,9 +16,11 @@ Everything public is listed in ``__all__`` (a test keeps it so); see
 
 from broker.core import (
     Control,
+    IncidentEntry,
     Label,
     MessageType,
     Mode,
+    PressStage,
     Priority,
     ReceiptKind,
     Reference,
@@ -27,8 +29,18 @@ from broker.core import (
     Tlp,
 )
 
+from ._crisis import (
+    ImportResult,
+    PressComment,
+    PressLine,
+    RequestStatus,
+    SituationEntry,
+    SituationPicture,
+)
 from ._errors import (
     AddressError,
+    BundleFileError,
+    BundleRefused,
     ClientError,
     ClosedError,
     ConfigurationError,
@@ -49,6 +61,8 @@ from .client import Client
 
 __all__ = [
     "AddressError",
+    "BundleFileError",
+    "BundleRefused",
     "Client",
     "ClientError",
     "ClosedError",
@@ -58,6 +72,8 @@ __all__ = [
     "DirectoryRefused",
     "Expired",
     "ForwardRefused",
+    "ImportResult",
+    "IncidentEntry",
     "Label",
     "Message",
     "MessageStatus",
@@ -65,15 +81,21 @@ __all__ = [
     "Mode",
     "OutboxError",
     "OutboxFull",
+    "PressComment",
+    "PressLine",
+    "PressStage",
     "Priority",
     "ReceiptKind",
     "RecipientStatus",
     "Reference",
     "ReferenceKind",
     "Rejected",
+    "RequestStatus",
     "SendError",
     "SendHandle",
     "SendState",
+    "SituationEntry",
+    "SituationPicture",
     "Status",
     "StoreError",
     "Tlp",

@@ -13,7 +13,9 @@
     ├── ClosedError                the client is closed
     ├── OutboxError                the on-disk outbox cannot be opened, read or written
     │   └── OutboxFull             the outbox is at its item bound; nothing was enqueued
-    └── StoreError                 the on-disk inbox (seen ids, waiting envelopes) failed
+    ├── StoreError                 the on-disk inbox or archive failed
+    ├── BundleRefused              an offline bundle does not verify; nothing was imported
+    └── BundleFileError            a bundle file cannot be written (exists) or read
 
 Third-party errors (sqlite3, nats, nacl) are mapped to this tree at exactly one
 boundary each and never leak. Errors carry ``code`` (and, per class, more
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 __all__ = [
     "AddressError",
+    "BundleFileError",
+    "BundleRefused",
     "ClientError",
     "ClosedError",
     "ConfigurationError",
@@ -146,6 +150,24 @@ class OutboxFull(OutboxError):
 
 
 class StoreError(ClientError):
-    """The inbox (seen ids and waiting envelopes) is unusable or full."""
+    """The inbox (seen ids and waiting envelopes) or the archive is unusable or full."""
 
     code = "store_error"
+
+
+class BundleRefused(ClientError):
+    """An offline bundle does not verify (``code`` is the core's: ``bundle_bad_signature``,
+    ``bundle_malformed``, ``bundle_unknown_signer``, ``bundle_signer_mismatch``,
+    ``bundle_key_invalid``, ``bundle_too_large``); nothing in it was imported."""
+
+    code = "bundle_invalid"
+
+
+class BundleFileError(ClientError):
+    """A bundle file cannot be written or read.
+
+    Codes: ``exists`` (export never overwrites), ``io``, ``bundle_too_large`` (too many
+    messages for one bundle: export one incident).
+    """
+
+    code = "io"

@@ -70,6 +70,9 @@ class SendHandle:
         self.error: ClientError | None = None
         self._receipts: dict[str, dict[str, int]] = {r: {} for r in header.recipients}
         self._escalated: set[str] = set()
+        # Recipients of a ``request`` that had not answered by its deadline (the broker's
+        # ``overdue`` notice); empty until then.
+        self.overdue: tuple[str, ...] = ()
         self._changed = asyncio.Event()
 
     @property
@@ -167,6 +170,12 @@ class SendHandle:
 
     def _escalate(self, recipients: Iterable[str]) -> None:
         self._escalated.update(r for r in recipients if r in self._receipts)
+        self._changed.set()
+
+    def _overdue(self, recipients: Iterable[str]) -> None:
+        self.overdue = tuple(
+            sorted({*self.overdue, *(r for r in recipients if r in self._receipts)})
+        )
         self._changed.set()
 
     def __repr__(self) -> str:

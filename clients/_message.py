@@ -31,12 +31,16 @@ __all__ = ["Message"]
 
 @dataclass(frozen=True, eq=False)
 class Message:
-    """A verified, decrypted message addressed to this actor."""
+    """A verified, decrypted message addressed to this actor (or granted to it)."""
 
     header: Header
     header_hash: str
     payload: bytes = field(repr=False)
     _client: Client = field(repr=False)
+    granted: bool = False
+    """It arrived as a key grant: this actor joined the incident after the message was
+    sent, and its originator granted it. It is not among the signed recipients, so no
+    receipts are signed for it (:meth:`mark_read` and :meth:`acknowledge` do nothing)."""
 
     @property
     def id(self) -> str:
@@ -86,11 +90,16 @@ class Message:
         return json.loads(self.payload)
 
     async def mark_read(self) -> None:
-        """Send a signed ``read`` receipt to the sender."""
+        """Send a signed ``read`` receipt to the sender (not for a granted message)."""
+        if self.granted:
+            return
         await self._client._receipt_for(self.header, self.header_hash, ReceiptKind.READ)
 
     async def acknowledge(self, note: str | None = None) -> None:
-        """Send a signed ``acknowledged`` receipt (someone has acted), with an optional note."""
+        """Send a signed ``acknowledged`` receipt (someone has acted), with an optional note
+        (not for a granted message)."""
+        if self.granted:
+            return
         await self._client._receipt_for(
             self.header, self.header_hash, ReceiptKind.ACKNOWLEDGED, note
         )

@@ -93,7 +93,10 @@ class Transport:
         try:
             with _mapped():
                 await bus.bind_buckets(
-                    subjects.DIRECTORY_BUCKET, subjects.STATE_BUCKET, subjects.MESSAGES_BUCKET
+                    subjects.DIRECTORY_BUCKET,
+                    subjects.STATE_BUCKET,
+                    subjects.MESSAGES_BUCKET,
+                    subjects.INDEX_BUCKET,
                 )
                 transport._sub = await bus.pull(
                     subjects.deliver_subject(actor),
@@ -136,6 +139,11 @@ class Transport:
     async def kv_keys(self, bucket: str) -> list[str]:
         with _mapped():
             return await self.bus.kv_keys(bucket)
+
+    async def kv_entries(self, bucket: str, pattern: str, *, limit: int) -> list[tuple[str, bytes]]:
+        """``(key, value)`` of at most ``limit`` keys matching ``pattern`` (server-filtered)."""
+        with _mapped():
+            return await self.bus.kv_entries(bucket, pattern, limit=limit)
 
 
 __all__ = ["Delivery", "Transport", "inbox_prefix"]

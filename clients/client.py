@@ -34,6 +34,16 @@ What happens underneath (see ``docs/integrating.md`` and ``schemas/PROTOCOL.md``
 - **directory**: verified against the pinned authority key, cached in the
   state folder (so the client can start while NATS is down), and followed:
   newer versions in the broker's directory bucket are verified and adopted.
+- **archive** (:mod:`clients._archive`): every envelope sent or received is kept
+  until it expires, with the content key of each sent incident message. The crisis
+  workflows read it: :meth:`Client.activate` opens an incident from the catalogue,
+  :meth:`Client.situation` builds the lägesbild, :meth:`Client.requests` shows who
+  answered, the press-line methods draft, approve and list press lines, and
+  :meth:`Client.export_bundle` / :meth:`Client.import_bundle` carry envelopes offline.
+  When an actor joins an incident late, the broker asks each originator for a key
+  grant; the originator's client checks the request against its own archive and
+  sends a ``G`` frame, which the newcomer opens as a :class:`Message` with
+  ``granted`` set.
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ from broker.core import (
     Header,
     Identity,
     Incident,
+    IncidentEntry,
     Label,
     MessageType,
     NoticeBody,
@@ -65,27 +76,41 @@ from broker.core import (
     OpenedEnvelope,
     OpenError,
     Policy,
+    PressStage,
     Priority,
     ReceiptKind,
     RecipientKey,
     Reference,
+    ReferenceKind,
     Status,
     Tlp,
     VerifiedDirectory,
-    build_envelope,
+    VerifiedGrant,
     check_receipt_matches,
     crypto,
+    decrypt_own,
+    make_bundle,
+    make_grant,
     make_receipt,
     open_envelope,
+    open_grant,
     read_envelope,
+    seal_envelope,
+    verify_bundle,
     verify_directory,
+    verify_grant,
     verify_notice,
     verify_receipt,
 )
+from broker.core.bundles import MAX_BUNDLE_BYTES, MAX_BUNDLE_ITEMS
 
-from . import _inputs
+from . import _crisis, _inputs
+from ._archive import Archive, ArchivedMessage, Direction
+from ._crisis import ImportResult, PressLine, RequestStatus, SituationPicture
 from ._errors import (
     AddressError,
+    BundleFileError,
+    BundleRefused,
     ClientError,
     ClosedError,
     ConfigurationError,
@@ -116,6 +141,9 @@ PUBLISH_RETRY_MAX_S = 1.0
 DIRECTORY_POLL_S = 5.0
 PURGE_EVERY_S = 600.0
 EXPIRY_CHECK_S = 1.0
+MAX_PENDING_GRANTS = 1000  # grant requests waiting for the activation that adds the newcomer
+MAX_INDEX_ENTRIES = 10_000  # index entries of one incident read to find what is missing
+MAX_INDEX_ENTRY_BYTES = 64 * 1024
 
 
 def _now_ms() -> int:
@@ -177,6 +205,7 @@ class Client:
         self._transport: Transport | None = None
         self._outbox: Outbox | None = None
         self._inbox: Inbox | None = None
+        self._archive: Archive | None = None
         self._handles: OrderedDict[str, SendHandle] = OrderedDict()  # by submission hash
         self._by_id: dict[str, SendHandle] = {}
         self._incidents: dict[str, Incident] = {}
@@ -189,6 +218,11 @@ class Client:
         self._online = asyncio.Event()
         self._closed = False
         self.refused = 0  # envelopes received that did not verify, open or pass the label check
+        self.grants_made = 0  # key grants sent to late joiners
+        self.grants_refused = 0  # grant requests refused (reason logged)
+        # Grant requests whose newcomer this client has not yet seen activated, by
+        # (message id, newcomer); retried when an activation of the incident arrives.
+        self._pending_grants: OrderedDict[tuple[str, str], NoticeBody] = OrderedDict()
 
     @classmethod
     def connect(cls, **kwargs: Any) -> Client:
@@ -229,6 +263,10 @@ class Client:
             self._inbox = Inbox(
                 self.state_dir / "inbox.sqlite", leeway=self.policy.limits.clock_skew_seconds
             )
+            self._archive = Archive(
+                self.state_dir / "archive.sqlite",
+                leeway_ms=self.policy.limits.clock_skew_seconds * 1000,
+            )
             self._load_directory()
             try:
                 await self._go_online(self.connect_timeout)
@@ -260,7 +298,7 @@ class Client:
         if self._transport is not None:
             await self._transport.close()
             self._transport = None
-        for store in (self._outbox, self._inbox):
+        for store in (self._outbox, self._inbox, self._archive):
             if store is not None:
                 store.close()
 
@@ -299,6 +337,7 @@ class Client:
         references: Sequence[Reference] = (),
         content_type: str | None = None,
         control: Control | None = None,
+        answer_by: timedelta | datetime | None = None,
     ) -> SendHandle:
         """Sign, encrypt and queue one message; returns at once with its handle.
 
@@ -306,7 +345,9 @@ class Client:
         ``incident`` given, the incident's participants. The sender is never its own
         recipient. ``label`` is a :class:`Label` or a classification name, completed by
         ``tlp``, ``categories`` and ``legal``. ``payload`` bytes are sent as they are,
-        a dict or list as JSON, a str as UTF-8 text.
+        a dict or list as JSON, a str as UTF-8 text. ``answer_by`` (a ``request`` only)
+        is the deadline for the answers (``control.deadline``): the broker sends an
+        ``overdue`` notice naming who has not answered by then (:attr:`SendHandle.overdue`).
 
         Raises :class:`AddressError`, :class:`SendError`, :class:`OutboxFull`.
         """
@@ -342,9 +383,13 @@ class Client:
                 " after creation",
                 code="lifetime_too_long",
             )
+        if answer_by is not None:
+            control = _with_deadline(
+                message_type, control, _inputs.expiry(now, answer_by), now, expiry
+            )
         try:
             keys = [RecipientKey.of(directory.actor(r), now) for r in recipients]  # type: ignore[arg-type]
-            data = build_envelope(
+            sealed = seal_envelope(
                 sender=self.identity,
                 recipients=keys,
                 label=label,
@@ -361,6 +406,7 @@ class Client:
             )
         except CoreError as exc:
             raise SendError(exc.message, code=exc.code) from exc
+        data = sealed.raw
         if len(data) > self.policy.limits.max_envelope_bytes:
             raise SendError(
                 f"envelope of {len(data)} bytes exceeds the policy's bound of "
@@ -373,6 +419,15 @@ class Client:
             raise SendError(exc.message, code=exc.code) from exc
         handle = SendHandle(envelope.header, envelope.header_hash, crypto.sha256(data).hex())
         self._track(handle)
+        # Archived before it is queued: the content key of an incident message must
+        # outlive this call so that the message can be granted to a late joiner.
+        await self._archive_add(
+            Direction.SENT,
+            envelope.header,
+            envelope.header_hash,
+            data,
+            content_key=sealed.content_key if incident is not None else None,
+        )
         await asyncio.to_thread(
             outbox.enqueue, handle.message_id, self._subject, data, envelope.header.expires // 1000
         )
@@ -515,6 +570,313 @@ class Client:
                 )
             await asyncio.sleep(0.05)
 
+    # --- crisis workflows -------------------------------------------------------------------
+
+    async def activate(
+        self,
+        incident: str,
+        incident_type: str,
+        *,
+        to: Sequence[str] = (),
+        groups: Sequence[str] | None = None,
+        label: Label | str | None = None,
+        tlp: Tlp | str | None = None,
+        priority: Priority | str | None = None,
+        status: Status | str = Status.ACTUAL,
+        payload: bytes | dict[str, Any] | list[Any] | str | None = None,
+        communication_lead: str | None = None,
+        expires: timedelta | datetime | None = None,
+    ) -> SendHandle:
+        """Open ``incident`` (or replace its participants) with an ``activation``.
+
+        The policy's catalogue entry for ``incident_type`` gives the defaults: its
+        ``groups`` as participants (besides ``to``), its label and priority, and the
+        payload ``{"incident_type", "name", "checklist"}``. With an empty catalogue any
+        type is accepted and the participants must be given. A later activation of the
+        same open incident replaces the participants: that is how actors join, and each
+        originator's client then grants them the incident's still-valid messages.
+
+            >>> await client.activate("storm-2027-01", "storm", to=["solna"])  # doctest: +SKIP
+
+        Raises :class:`SendError` (``incident_type_unknown``), :class:`AddressError`.
+        """
+        template = self.policy.incident_type(incident_type)
+        if template is None and self.policy.incident_types:
+            known = ", ".join(sorted(self.policy.incident_types))
+            raise SendError(
+                f"incident type {incident_type!r} is not in the policy's catalogue ({known})",
+                code="incident_type_unknown",
+            )
+        if groups is None:
+            groups = template.groups if template is not None else ()
+        if not to and not groups:
+            raise AddressError("an activation names its participants", code="no_recipients")
+        if payload is None:
+            payload = {
+                "incident_type": incident_type,
+                "name": template.name if template is not None else incident_type,
+                "checklist": list(template.checklist) if template is not None else [],
+            }
+        if label is None:
+            label = template.classification if template is not None else "INTERN"
+        return await self.send(
+            to=to,
+            groups=groups,
+            incident=incident,
+            payload=payload,
+            label=label,
+            tlp=tlp or (template.tlp if template is not None else Tlp.AMBER),
+            type=MessageType.ACTIVATION,
+            priority=priority or (template.priority if template is not None else Priority.PRIORITY),
+            status=status,
+            expires=expires,
+            control=Control(incident_type=incident_type, communication_lead=communication_lead),
+        )
+
+    async def situation(self, incident: str) -> SituationPicture:
+        """The incident's lägesbild from this client's archive (its own reports too).
+
+        ``missing`` lists what the broker's incident index says this actor sent or was
+        sent and the archive lacks (None, with ``online`` False, when NATS is away).
+
+            >>> picture = await client.situation("storm-2027-01")        # doctest: +SKIP
+            >>> {actor: e.text for actor, e in picture.current.items()}  # doctest: +SKIP
+        """
+        archive = self._require_archive()
+        now = _now_ms()
+        rows = await asyncio.to_thread(archive.of_incident, incident)
+        missing = await self._missing(incident, now)
+        return _crisis.situation_picture(
+            incident, rows, now=now, payload=lambda row: self._payload(row, now), missing=missing
+        )
+
+    async def _missing(self, incident: str, now: int) -> list[IncidentEntry] | None:
+        transport, archive = self._transport, self._require_archive()
+        if transport is None or not transport.connected:
+            return None
+        try:
+            prefix = subjects.index_prefix(incident)
+        except ValueError as exc:
+            raise AddressError(f"unknown incident {incident!r}", code="unknown_incident") from exc
+        entries: list[IncidentEntry] = []
+        try:
+            found = await transport.kv_entries(
+                subjects.INDEX_BUCKET, prefix + ">", limit=MAX_INDEX_ENTRIES
+            )
+        except Unavailable:
+            return None
+        for _, raw in found:
+            with contextlib.suppress(CoreError, ValueError):
+                entries.append(IncidentEntry.parse(raw, max_bytes=MAX_INDEX_ENTRY_BYTES))
+
+        def held() -> set[str]:
+            return {e.id for e in entries if e.id in archive}
+
+        have = await asyncio.to_thread(held)
+        return _crisis.missing_entries(
+            entries, incident=incident, me=self.actor, now=now, held=have.__contains__
+        )
+
+    def _payload(self, row: ArchivedMessage, now: int) -> bytes | None:
+        """Decrypt an archived message, or None if it no longer opens: received with this
+        actor's key, sent with the kept content key, granted with the granted key."""
+        try:
+            if row.direction is Direction.SENT:
+                if row.content_key is None:
+                    return None
+                return decrypt_own(read_envelope(row.data, self.directory), row.content_key).payload
+            if row.direction is Direction.GRANTED:
+                grant = verify_grant(
+                    row.data,
+                    self.directory,
+                    now=now,
+                    max_envelope_bytes=self.policy.limits.max_envelope_bytes,
+                )
+                return self._open_grant(grant, now).payload
+            return self._open(row.data, now).payload
+        except CoreError:
+            return None
+
+    async def requests(self, incident: str | None = None) -> list[RequestStatus]:
+        """The ``request`` messages this client sent (of ``incident``, or all) and who
+        answered them: a reply (``Message.reply``) from a recipient counts as the answer."""
+        archive = self._require_archive()
+        now = _now_ms()
+
+        def collect() -> list[RequestStatus]:
+            found = []
+            for row in archive.of_type(MessageType.REQUEST, direction=Direction.SENT):
+                if incident is not None and row.header.incident != incident:
+                    continue
+                replies = archive.referencing(row.message_id, ReferenceKind.REPLY)
+                found.append(_crisis.request_status(row, replies, now=now))
+            return found
+
+        return await asyncio.to_thread(collect)
+
+    async def draft_press_line(
+        self,
+        incident: str,
+        text: str,
+        *,
+        label: Label | str = "INTERN",
+        tlp: Tlp | str = Tlp.AMBER,
+    ) -> SendHandle:
+        """Share a draft press line with the incident's communicators and its lead.
+
+        They comment with ``message.reply(text, type="communication")``; the lead makes
+        it public with :meth:`approve_press_line`.
+        """
+        view = await self._incident_view(incident)
+        return await self.send(
+            to=_crisis.press_recipients(view, self.policy, self.directory, self.actor),
+            incident=incident,
+            payload=text,
+            label=label,
+            tlp=tlp,
+            type=MessageType.COMMUNICATION,
+            status=view.status,
+            control=Control(press=PressStage.DRAFT),
+        )
+
+    async def approve_press_line(self, draft_id: str, text: str | None = None) -> SendHandle:
+        """Approve a draft press line (the incident's communication lead only; the broker
+        refuses anyone else with ``press_approval_not_lead``): a public
+        ``communication`` (lowest classification, TLP:CLEAR) updating the draft, to every
+        participant. ``text`` replaces the draft's text.
+
+        Raises :class:`SendError` ``press_draft_unknown`` if this client holds no such draft.
+        """
+        archive = self._require_archive()
+        row = await asyncio.to_thread(archive.get, draft_id)
+        control = row.header.control if row is not None else None
+        if (
+            row is None
+            or row.header.incident is None
+            or row.header.type is not MessageType.COMMUNICATION
+            or control is None
+            or control.press is not PressStage.DRAFT
+        ):
+            raise SendError(f"no draft press line {draft_id!r} here", code="press_draft_unknown")
+        payload: bytes | str | None = text
+        if payload is None:
+            payload = self._payload(row, _now_ms())
+            if payload is None:
+                raise SendError(f"draft {draft_id} no longer opens", code="press_draft_unknown")
+        view = await self._incident_view(row.header.incident)
+        return await self.send(
+            to=[p for p in view.participants if p != self.actor],
+            incident=row.header.incident,
+            payload=payload,
+            label=Label(policy=self.policy.id, classification=self.policy.ladder[0], tlp=Tlp.CLEAR),
+            type=MessageType.COMMUNICATION,
+            status=row.header.status,
+            content_type=row.header.content_type if text is None else None,
+            references=[
+                Reference(kind=ReferenceKind.UPDATE, message=draft_id, header_hash=row.header_hash)
+            ],
+            control=Control(press=PressStage.APPROVED),
+        )
+
+    async def press_lines(self, incident: str) -> list[PressLine]:
+        """The incident's press lines this client holds: drafts with their comments, and
+        approvals (also of drafts it never saw)."""
+        archive = self._require_archive()
+        now = _now_ms()
+        rows = await asyncio.to_thread(archive.of_incident, incident, (MessageType.COMMUNICATION,))
+        return _crisis.press_lines(incident, rows, payload=lambda row: self._payload(row, now))
+
+    async def _incident_view(self, incident: str) -> Incident:
+        """The broker's record when it can be read, else the archived activations'."""
+        try:
+            return await self.incident(incident)
+        except AddressError:
+            archive = self._require_archive()
+            rows = await asyncio.to_thread(archive.of_incident, incident, (MessageType.ACTIVATION,))
+            view = _crisis.incident_from_archive(incident, rows)
+            if view is None:
+                raise
+            return view
+
+    # --- offline bundles -------------------------------------------------------------------
+
+    async def export_bundle(
+        self, path: str | os.PathLike[str], *, incident: str | None = None
+    ) -> int:
+        """Write a bundle signed by this actor of the unexpired archived messages (of
+        ``incident``, or all): envelopes as sent or received, and key grants. Returns how
+        many it holds. The file is created with mode 600 and never overwritten.
+
+        Raises :class:`BundleFileError` (``exists``, ``io``, ``bundle_too_large``).
+        """
+        archive = self._require_archive()
+        now = _now_ms()
+        frames = await asyncio.to_thread(archive.frames, incident=incident, now=now)
+        if len(frames) > MAX_BUNDLE_ITEMS:
+            raise BundleFileError(
+                f"{len(frames)} messages exceed a bundle's {MAX_BUNDLE_ITEMS}; export one incident",
+                code="bundle_too_large",
+            )
+        try:
+            data = make_bundle(self.identity, frames, created=now, incident=incident)
+        except CoreError as exc:
+            raise BundleFileError(exc.message, code=exc.code) from exc
+        await asyncio.to_thread(_write_new, Path(path), data)
+        return len(frames)
+
+    async def import_bundle(self, path: str | os.PathLike[str]) -> ImportResult:
+        """Import a bundle exported by another actor; works offline.
+
+        The exporter's signature is checked first (a changed bundle raises
+        :class:`BundleRefused` and nothing is imported); then each item goes the way a
+        delivery from NATS goes: verified, opened, deduplicated against the inbox,
+        archived, its delivered receipt queued, and handed to :meth:`messages`. Items for
+        other actors are skipped. The same messages arriving later from NATS are
+        duplicates.
+
+        Raises :class:`BundleRefused`, :class:`BundleFileError` (``io``).
+        """
+        self._require_open()
+        data = await asyncio.to_thread(_read_bounded, Path(path), MAX_BUNDLE_BYTES + 256)
+        now = _now_ms()
+        try:
+            bundle = verify_bundle(data, self.directory, now=now)
+        except CoreError as exc:
+            raise BundleRefused(f"bundle refused: {exc.message}", code=exc.code) from exc
+        counts = {"admitted": 0, "duplicate": 0, "not_for_me": 0, "refused": 0}
+        for item in bundle.items:
+            self._require_open()
+            if item[4:5] == b"G":
+                outcome = await self._granted(item, now)
+            else:
+                try:
+                    header = read_envelope(
+                        item, self.directory, max_bytes=self.policy.limits.max_envelope_bytes
+                    ).header
+                except CoreError as exc:
+                    log.warning("%s: refused a bundled envelope (%s)", self.actor, exc.code)
+                    self.refused += 1
+                    counts["refused"] += 1
+                    continue
+                if self.actor not in header.recipients:
+                    counts["not_for_me"] += 1
+                    continue
+                outcome = await self._envelope(item, now)
+            counts[outcome] += 1
+        log.info("%s: imported bundle %s: %s", self.actor, path, counts)
+        return ImportResult(
+            admitted=counts["admitted"],
+            duplicates=counts["duplicate"],
+            not_for_me=counts["not_for_me"],
+            refused=counts["refused"],
+        )
+
+    def _require_archive(self) -> Archive:
+        self._require_open()
+        if self._archive is None:
+            raise ClosedError("the client has not started")
+        return self._archive
+
     # --- receiving ------------------------------------------------------------------------
 
     async def messages(self, *, follow: bool = True) -> AsyncGenerator[Message, None]:
@@ -558,13 +920,23 @@ class Client:
         return open_envelope(data, me=me, directory=self.directory, policy=self.policy, now=now)
 
     def _reopen(self, data: bytes, received: int) -> Message | None:
+        granted = data[4:5] == b"G"
         try:
-            opened = self._open(data, received)
+            if granted:
+                grant = verify_grant(
+                    data,
+                    self.directory,
+                    now=received,
+                    max_envelope_bytes=self.policy.limits.max_envelope_bytes,
+                )
+                opened = self._open_grant(grant, received)
+            else:
+                opened = self._open(data, received)
         except CoreError as exc:  # the directory changed since it was admitted
             log.warning("%s: waiting envelope no longer opens (%s); dropped", self.actor, exc.code)
             self.refused += 1
             return None
-        return Message(opened.header, opened.header_hash, opened.payload, self)
+        return Message(opened.header, opened.header_hash, opened.payload, self, granted)
 
     async def _receipt_for(
         self, header: Header, header_hash: str, kind: ReceiptKind, note: str | None = None
@@ -723,22 +1095,30 @@ class Client:
         kind = data[4:5] if data[:3] == b"SSR" and len(data) >= 5 else b""
         now = _now_ms()
         if kind == b"N":
-            self._notice(data, now)
+            await self._notice(data, now)
         elif kind == b"R":
             self._receipt(data, now)
         elif kind == b"E":
             await self._envelope(data, now)
+        elif kind == b"G":
+            await self._granted(data, now)
         else:
             log.warning("%s: dropped a delivery that is not an SSR frame", self.actor)
         await delivery.ack()
 
-    def _notice(self, data: bytes, now: int) -> None:
+    async def _notice(self, data: bytes, now: int) -> None:
         try:
             body = verify_notice(data, self.directory, now=now)
         except CoreError as exc:
             log.warning("%s: dropped a notice that does not verify (%s)", self.actor, exc.code)
             return
         if body.to != self.actor:
+            return
+        if body.kind is NoticeKind.GRANT_REQUEST:
+            await self._grant_request(body, now)
+            return
+        if body.kind is NoticeKind.OVERDUE:
+            self._overdue(body)
             return
         verdict = self._directory_verdicts.pop(body.submission, None)
         if verdict is not None and not verdict.done():
@@ -753,6 +1133,8 @@ class Client:
                 verdict.set_result(None)
         handle = self._handles.get(body.submission)
         if handle is None:
+            if body.kind is NoticeKind.REJECTED and body.reason != "replay" and body.message:
+                await self._forget_sent(body.message)  # sent before a restart, then refused
             return
         if body.kind is NoticeKind.ACCEPTED:
             if body.header_hash == handle.header_hash:
@@ -766,10 +1148,10 @@ class Client:
             self._side_tasks.add(task)
             task.add_done_callback(self._side_tasks.discard)
         else:
-            self._reject(handle, body)
+            await self._reject(handle, body)
 
-    @staticmethod
-    def _reject(handle: SendHandle, body: NoticeBody) -> None:
+    async def _reject(self, handle: SendHandle, body: NoticeBody) -> None:
+        await self._forget_sent(handle.message_id)
         handle._set(
             SendState.REJECTED,
             Rejected(
@@ -791,7 +1173,7 @@ class Client:
                 handle._set(SendState.ACCEPTED)
                 return
             break
-        self._reject(handle, body)  # another message holds the id, or no record to show
+        await self._reject(handle, body)  # another message holds the id, or no record to show
 
     def _receipt(self, data: bytes, now: int) -> None:
         try:
@@ -809,7 +1191,9 @@ class Client:
             return
         handle._receipt(receipt.body.recipient, receipt.body.kind, receipt.body.at)
 
-    async def _envelope(self, data: bytes, now: int) -> None:
+    async def _envelope(self, data: bytes, now: int) -> str:
+        """Verify, open, archive and admit one envelope; queue its delivered receipt.
+        Returns ``admitted``, ``duplicate`` or ``refused``."""
         opened = None
         for attempt in range(2):
             try:
@@ -823,14 +1207,17 @@ class Client:
                     continue
                 log.warning("%s: refused a received envelope (%s)", self.actor, exc.code)
                 self.refused += 1
-                return
+                return "refused"
         assert opened is not None
         header = opened.header
         outbox, inbox = self._outbox, self._inbox
         assert outbox is not None
         assert inbox is not None
         if await asyncio.to_thread(inbox.__contains__, header.id):
-            return  # a redelivery: the receipt was queued when it was first admitted
+            return "duplicate"  # a redelivery: the receipt was queued when it was first admitted
+        # Archived first: adding is idempotent, and a crash after the admission would
+        # leave the message out of the archive for good (a redelivery is a duplicate).
+        await self._archive_add(Direction.RECEIVED, header, opened.header_hash, data)
         receipt = make_receipt(
             self.identity, header, opened.header_hash, ReceiptKind.DELIVERED, at=now
         )
@@ -846,6 +1233,181 @@ class Client:
         self._outbox_ready.set()
         if await asyncio.to_thread(inbox.admit, header.id, header.expires // 1000, data, now):
             self._arrived.set()
+            return "admitted"
+        return "duplicate"
+
+    async def _granted(self, data: bytes, now: int) -> str:
+        """A key grant (``G`` frame): verify it and the envelope inside, open it, archive it
+        and admit it like an envelope, but sign no receipt: the broker could not match it,
+        as this actor is not among the envelope's signed recipients. Returns
+        ``admitted``, ``duplicate``, ``not_for_me`` or ``refused``."""
+        try:
+            grant = verify_grant(
+                data,
+                self.directory,
+                now=now,
+                max_envelope_bytes=self.policy.limits.max_envelope_bytes,
+            )
+            if grant.body.recipient != self.actor:
+                return "not_for_me"
+            opened = self._open_grant(grant, now)
+        except CoreError as exc:
+            log.warning("%s: refused a key grant (%s)", self.actor, exc.code)
+            self.refused += 1
+            return "refused"
+        header, inbox = opened.header, self._inbox
+        assert inbox is not None
+        if await asyncio.to_thread(inbox.__contains__, header.id):
+            return "duplicate"
+        await self._archive_add(Direction.GRANTED, header, opened.header_hash, data)
+        if await asyncio.to_thread(inbox.admit, header.id, header.expires // 1000, data, now):
+            self._arrived.set()
+            log.info("%s: %s granted by %s", self.actor, header.id, header.sender)
+            return "admitted"
+        return "duplicate"
+
+    def _open_grant(self, grant: VerifiedGrant, now: int) -> OpenedEnvelope:
+        """Open with the key pair the grant sealed the content key to (key rotation)."""
+        me = next(
+            (i for i in self.identities if i.encryption.key_id == grant.body.key_id),
+            self.identity,
+        )
+        return open_grant(grant, me=me, directory=self.directory, policy=self.policy, now=now)
+
+    # --- key grants for late joiners ----------------------------------------------------------
+
+    async def _grant_request(self, body: NoticeBody, now: int) -> None:
+        """The broker asks for a grant of ``body.message`` to ``body.recipients[0]``.
+
+        Granted only if this client sent that exact message (id and header hash, content
+        key archived) and the newcomer takes part in the incident according to the most
+        recent activation this client itself verified: the broker's word alone would let
+        a compromised broker collect content keys for anyone. Refusals are logged and
+        counted (:attr:`grants_refused`); a newcomer not yet seen activated waits for that
+        activation (bounded by :data:`MAX_PENDING_GRANTS`).
+        """
+        archive = self._archive
+        assert archive is not None
+        message = body.message or "?"
+        if body.message is None or body.header_hash is None or len(body.recipients) != 1:
+            self._refuse_grant(message, "?", "grant_request_malformed", "no message or newcomer")
+            return
+        newcomer = body.recipients[0]
+        row = await asyncio.to_thread(archive.get, body.message)
+        if row is None or row.direction is not Direction.SENT or row.content_key is None:
+            self._refuse_grant(
+                message, newcomer, "grant_not_ours", "not a message this client sent"
+            )
+            return
+        if row.header_hash != body.header_hash:
+            self._refuse_grant(message, newcomer, "grant_hash_mismatch", "another header hash")
+            return
+        if row.header.expires <= now:
+            self._refuse_grant(message, newcomer, "grant_expired", "the message has expired")
+            return
+        incident = row.header.incident
+        assert incident is not None  # a content key is archived only for incident messages
+        activations = await asyncio.to_thread(
+            archive.of_incident, incident, (MessageType.ACTIVATION,)
+        )
+        view = _crisis.incident_from_archive(incident, activations)
+        if view is None or newcomer not in view.participants:
+            self._pending_grants[(message, newcomer)] = body
+            while len(self._pending_grants) > MAX_PENDING_GRANTS:
+                (old, who), _ = self._pending_grants.popitem(last=False)
+                self._refuse_grant(old, who, "grant_not_participant", "never seen activated")
+            log.info(
+                "%s: grant of %s to %s waits: no activation of %s seen that adds it",
+                self.actor, message, newcomer, incident,
+            )  # fmt: skip
+            return
+        self._pending_grants.pop((message, newcomer), None)
+        actor = self.directory.actor(newcomer)
+        if actor is None:
+            self._refuse_grant(message, newcomer, "grant_not_allowed", "unknown actor")
+            return
+        try:
+            grant = make_grant(
+                self.identity,
+                row.data,
+                row.content_key,
+                newcomer=actor,
+                directory=self.directory,
+                policy=self.policy,
+                at=now,
+            )
+        except CoreError as exc:
+            self._refuse_grant(message, newcomer, exc.code, exc.message)
+            return
+        outbox = self._require_open()
+        await asyncio.to_thread(
+            outbox.enqueue,
+            f"g.{message}.{newcomer}",
+            self._subject,
+            grant,
+            row.header.expires // 1000,
+        )
+        self._outbox_ready.set()
+        self.grants_made += 1
+        log.info("%s: granted %s to %s", self.actor, message, newcomer)
+
+    async def _forget_sent(self, message_id: str) -> None:
+        """A message the broker refused never reached anyone: it leaves the archive, so
+        the workflows do not show it (a refused approval is no approval)."""
+        archive = self._archive
+        if archive is None:
+            return
+        row = await asyncio.to_thread(archive.get, message_id)
+        if row is not None and row.direction is Direction.SENT:
+            await asyncio.to_thread(archive.remove, message_id)
+
+    def _refuse_grant(self, message: str, newcomer: str, code: str, why: str) -> None:
+        self.grants_refused += 1
+        log.warning(
+            "%s: refused to grant %s to %s: %s (%s)", self.actor, message, newcomer, code, why
+        )
+
+    async def _retry_grants(self, incident: str, now: int) -> None:
+        """An activation of ``incident`` arrived: grant what waited for it."""
+        archive = self._archive
+        assert archive is not None
+        for key, body in list(self._pending_grants.items()):
+            row = await asyncio.to_thread(archive.get, key[0])
+            if row is not None and row.header.incident == incident:
+                self._pending_grants.pop(key, None)
+                await self._grant_request(body, now)
+
+    def _overdue(self, body: NoticeBody) -> None:
+        log.warning(
+            "%s: request %s not answered by its deadline by %s",
+            self.actor, body.message, ", ".join(body.recipients),
+        )  # fmt: skip
+        handle = self._by_id.get(body.message or "")
+        if handle is not None:
+            handle._overdue(body.recipients)
+
+    async def _archive_add(
+        self,
+        direction: Direction,
+        header: Header,
+        header_hash: str,
+        data: bytes,
+        *,
+        content_key: bytes | None = None,
+    ) -> None:
+        """Archive a verified message; a full or failing archive is logged, not fatal
+        (it serves the workflows, not delivery)."""
+        archive = self._archive
+        assert archive is not None
+        try:
+            await asyncio.to_thread(
+                archive.add, direction, header, header_hash, data, content_key=content_key
+            )
+        except StoreError as exc:
+            log.error("%s: %s not archived: %s", self.actor, header.id, exc.message)
+            return
+        if header.type is MessageType.ACTIVATION and header.incident and self._pending_grants:
+            await self._retry_grants(header.incident, _now_ms())
 
     async def _follow_directory(self) -> None:
         while True:
@@ -869,6 +1431,9 @@ class Client:
             if self._inbox is not None:
                 with contextlib.suppress(StoreError):
                     await asyncio.to_thread(self._inbox.purge, _now_ms() // 1000)
+            if self._archive is not None:
+                with contextlib.suppress(StoreError):
+                    await asyncio.to_thread(self._archive.purge, _now_ms())
 
     # --- directory --------------------------------------------------------------------------
 
@@ -932,3 +1497,48 @@ class Client:
 
 def _receipt_key(message_id: str, me: str, kind: ReceiptKind) -> str:
     return f"r.{message_id}.{me}.{kind.value}"
+
+
+def _with_deadline(
+    message_type: MessageType, control: Control | None, deadline: int, now: int, expires: int
+) -> Control:
+    if message_type is not MessageType.REQUEST:
+        raise SendError("answer_by is for a request only", code="invalid_argument")
+    if not now < deadline <= expires:
+        raise SendError(
+            "answer_by must fall after now and not after the message expires",
+            code="invalid_argument",
+        )
+    fields = control.model_dump(exclude_none=True) if control is not None else {}
+    return Control(**{**fields, "deadline": deadline})
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` (mode 600, never over an existing file) holding ``data``."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise BundleFileError(f"{path} exists; a bundle never overwrites", code="exists") from exc
+    except OSError as exc:
+        raise BundleFileError(f"cannot create {path}: {exc}", code="io") from exc
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise BundleFileError(f"cannot write {path}: {exc}", code="io") from exc
+
+
+def _read_bounded(path: Path, bound: int) -> bytes:
+    """The file's bytes; a file larger than ``bound`` is refused before it is read whole."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(bound + 1)
+    except OSError as exc:
+        raise BundleFileError(f"cannot read {path}: {exc}", code="io") from exc
+    if len(data) > bound:
+        raise BundleRefused(f"{path} is larger than a bundle can be", code="bundle_too_large")
+    return data

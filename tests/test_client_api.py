@@ -43,6 +43,8 @@ PUBLIC = {
     "MessageStatus", "MessageType", "OutboxError", "OutboxFull", "Priority", "RecipientStatus",
     "Reference", "ReferenceKind", "Rejected", "SendError", "SendHandle", "SendState", "Status",
     "StoreError", "Tlp", "Unavailable",
+    "BundleFileError", "BundleRefused", "ImportResult", "IncidentEntry", "PressComment",
+    "PressLine", "PressStage", "RequestStatus", "SituationEntry", "SituationPicture",
 }  # fmt: skip
 
 
