@@ -27,9 +27,11 @@ see ``tests/test_deploy_nats.py``)::
               $JS.FC.KV_<b>.>                                      keys/watch (ordered consumer)
     subscribe _INBOX_A.>                                           replies and fetched messages
 
-The KV grants cover the incident message index in ``ssr_state``: a client lists
-``index.<incident>.>`` with a watch (the filter travels in the consumer request to
-``CONSUMER.CREATE.KV_ssr_state``, which carries no consumer name) and reads entries by key.
+The KV grants cover the incident message index in ``ssr_index``: a client lists
+``<incident>.>`` with a watch (the filter travels in the consumer request to
+``CONSUMER.CREATE.KV_ssr_index``, which carries no consumer name) and reads entries by key.
+Like ``ssr_messages``, it is readable by every actor's user: header metadata of every
+incident, not only the actor's own (see docs/decisions.md).
 
 Not allowed, so refused by the server: ``$KV.>`` (KV writes), other actors' submit and
 deliver subjects, the legacy ``CONSUMER.DURABLE.CREATE`` (its filter is not in the

@@ -9,8 +9,8 @@ crash at any point leads to a redelivery that repeats the same idempotent
 publishes (JetStream drops the duplicates inside its window; clients drop ids
 they have seen after it).
 
-Every accepted envelope naming an incident gets an index entry in KV ``ssr_state``
-(``index.<incident>.<message id>``: header metadata only), which clients compare with
+Every accepted envelope naming an incident gets an index entry in KV ``ssr_index``
+(``<incident>.<message id>``: header metadata only), which clients compare with
 what they hold. An ``activation`` that adds participants asks the originator of every
 still-valid, grantable message of the incident for a key grant (a ``grant_request``
 notice, dedupe id ``n.<message>.grant.<newcomer>``), and audits the messages a
@@ -901,10 +901,14 @@ def _answer_by(header: Header) -> int | None:
 
 def _answered(record: MessageRecord, reference: Reference, reply: Header) -> bool:
     """Record ``reply`` as its sender's answer to the request ``record``; False if it is
-    not one (no deadline, another version of the request, not a recipient, already in)."""
+    not one (no deadline, another version of the request, not a recipient, not sent to
+    the requester, already in)."""
     if record.answer_by is None or reference.header_hash != record.header_hash:
         return False
-    if reply.sender in record.answers or reply.sender not in record.parsed_header().recipients:
+    request = record.parsed_header()
+    if reply.sender in record.answers or reply.sender not in request.recipients:
+        return False
+    if request.sender not in reply.recipients:  # a reply to others does not answer
         return False
     record.answers[reply.sender] = reply.created
     return True

@@ -458,6 +458,13 @@ async def test_an_unanswered_request_is_overdue_after_its_deadline(
         references=(Reference(kind=ReferenceKind.REPLY, message=asked.id, header_hash="0" * 64),),
     )
     await accepted(net, "solna", wrong)
+    # A reply that does not go to the requester does not answer it either.
+    aside = net.envelope(
+        "taby",
+        ["stockholm"],
+        references=(Reference(kind=ReferenceKind.REPLY, message=asked.id, header_hash=asked_hash),),
+    )
+    await accepted(net, "taby", aside)
     answers = (await record(service, asked.id)).answers
     assert set(answers) == {"stockholm"}
 

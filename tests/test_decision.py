@@ -1488,3 +1488,19 @@ def test_a_catalogue_accepts_its_own_types(region, make_envelope):
         **NEW_INCIDENT,
     )
     assert isinstance(decide_at(raw, region, policy=CATALOGUE), Accept)
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        Label(policy="ssr", classification="INTERN", tlp=Tlp.CLEAR),
+        Label(policy="ssr", classification="OFFENTLIG", tlp=Tlp.GREEN),
+    ],
+    ids=["intern-clear", "offentlig-green"],
+)
+def test_either_public_marking_needs_an_approval(label, region, make_envelope):
+    """OFFENTLIG alone or TLP:CLEAR alone already says "anyone may have it"."""
+    raw = make_envelope(message_type=MessageType.COMMUNICATION, label=label)
+    assert decide_at(raw, region).reason is Reason.PRESS_LINE_UNAPPROVED
+    other = make_envelope(message_type=MessageType.SITUATION_REPORT, label=label)
+    assert isinstance(decide_at(other, region), Accept)  # the rule is about press lines

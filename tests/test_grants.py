@@ -690,3 +690,22 @@ def test_newcomers_are_the_participants_an_activation_adds(region):
     assert second.lead == "nacka"
     assert second.owner == "polisen-stockholm"
     assert isinstance(second, Incident)
+
+
+def test_an_expired_originator_key_cannot_grant_by_backdating(region):
+    """``at`` is the grantor's word: a key past its ``not_after`` is refused even when the
+    grant claims a time inside the key's validity."""
+    sealed = seal(region)
+    raw = grant(region, sealed)
+    expired = edit_directory(
+        region, {ORIGINATOR: signing_key_update(region, ORIGINATOR, not_after=AT + 5_000)}
+    )
+    verify(raw, region, directory=expired, now=AT + 1_000)  # the key is still valid: fine
+    refused("grant_key_invalid", verify, raw, region, directory=expired, now=AT + 5_000)
+
+
+@pytest.mark.parametrize("status", [ActorStatus.SUSPENDED, ActorStatus.RETIRED], ids=str)
+def test_an_originator_no_longer_active_cannot_grant(region, status):
+    raw = grant(region, seal(region))
+    changed = edit_directory(region, {ORIGINATOR: {"status": status}})
+    refused("grant_key_invalid", verify, raw, region, directory=changed)

@@ -361,7 +361,7 @@ def decide(data: bytes, directory: dict[str, Any], now: int, seen: set[str]) -> 
         require(control["incident_type"] is not None, "control_invalid")
     if kind == "communication":  # press lines (check 25a)
         press = control["press"] if control else None
-        public = label["tlp"] == "CLEAR" and label["classification"] == LADDER[0]
+        public = label["tlp"] == "CLEAR" or label["classification"] == LADDER[0]
         require(press == "approved" or not public, "press_line_unapproved")
         require(press != "approved", "press_approval_not_lead")  # knows no incident or lead
     problems: dict[str, list[str]] = {}

@@ -305,17 +305,18 @@ def _check_press(
     draft: ForwardOrigin | None,
 ) -> None:
     """Only an approved press line goes public: a ``communication`` marked with the lowest
-    classification and TLP:CLEAR must be the incident's communication lead's approval of
+    classification or TLP:CLEAR must be the incident's communication lead's approval of
     a draft of that incident."""
     if header.type is not MessageType.COMMUNICATION:
         return
     stage = header.control.press if header.control else None
-    public = header.label.tlp is Tlp.CLEAR and header.label.classification == policy.ladder[0]
+    # Either marking says "public": OFFENTLIG (no secrecy) or TLP:CLEAR (no limit on sharing).
+    public = header.label.tlp is Tlp.CLEAR or header.label.classification == policy.ladder[0]
     if stage is not PressStage.APPROVED:
         if public:
             raise _Refusal(
                 Reason.PRESS_LINE_UNAPPROVED,
-                f"only an approved press line may be {policy.ladder[0]} and TLP:CLEAR",
+                f"only an approved press line may be {policy.ladder[0]} or TLP:CLEAR",
             )
         return
     incident = incidents.get(header.incident or "")

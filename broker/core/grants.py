@@ -177,8 +177,17 @@ def verify_grant(
         raise GrantError(f"grant body: {exc}", code="grant_malformed") from exc
     if body.sender != signer.principal or body.signer_key != signed.signer_id:
         raise GrantError("grant names another signer", code="grant_signer_mismatch")
-    if signer.record.revoked_by(now) or not signer.record.usable_at(body.at):
-        raise GrantError("grant signing key not valid", code="grant_key_invalid")
+    # ``at`` is the grantor's word: the key must be valid then *and* now, so an expired
+    # key cannot grant by backdating; and the originator must still be an active actor.
+    originator = directory.actor(signer.principal)
+    if (
+        signer.record.revoked_by(now)
+        or not signer.record.usable_at(body.at)
+        or not signer.record.usable_at(now)
+        or originator is None
+        or originator.status is not ActorStatus.ACTIVE
+    ):
+        raise GrantError("grant signing key or its actor not valid", code="grant_key_invalid")
     try:
         envelope = read_envelope(signed.sections[1], directory, max_bytes=max_envelope_bytes)
     except EnvelopeError as exc:

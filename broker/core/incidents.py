@@ -59,8 +59,8 @@ class EntryReference(WireModel):
 class IncidentEntry(WireModel):
     """The broker's index entry for one accepted message naming an incident: header
     metadata only, never content. A client that was offline compares the index with what
-    it holds to learn what it is missing (KV ``ssr_state``, key
-    ``index.<incident>.<message id>``)."""
+    it holds to learn what it is missing (KV ``ssr_index``, key
+    ``<incident>.<message id>``)."""
 
     id: HexId
     incident: Slug
