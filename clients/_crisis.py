@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from broker.core import (
+    Header,
     Incident,
     IncidentEntry,
     Label,
@@ -28,9 +29,11 @@ from broker.core import (
     Policy,
     PressStage,
     ReferenceKind,
+    Role,
     Status,
     VerifiedDirectory,
 )
+from broker.core.incidents import closed_by, opened_by
 
 from ._archive import ArchivedMessage, Direction
 
@@ -284,19 +287,32 @@ def _press(row: ArchivedMessage) -> PressStage | None:
 
 
 def press_lines(
-    incident: str, rows: Iterable[ArchivedMessage], *, payload: Payload
+    incident: str,
+    rows: Iterable[ArchivedMessage],
+    *,
+    payload: Payload,
+    view: Incident | None,
 ) -> list[PressLine]:
     """The incident's press lines, oldest draft first. A comment is a ``communication``
-    replying to a draft; an approval an ``approved`` one updating it."""
-    rows = list(rows)
+    replying to a draft; an approval an ``approved`` one updating it.
+
+    ``view`` is the incident as this client verified it (:func:`incident_from_archive`):
+    an approval counts only from its lead, with the incident's (and the draft's) status;
+    of several, the lead's latest. Anyone else's "approval" is ignored, however dated.
+    """
+    rows = sorted(rows, key=lambda r: (r.header.created, r.message_id))
     drafts = {r.message_id: r for r in rows if _press(r) is PressStage.DRAFT}
     approvals: dict[str, ArchivedMessage] = {}
     comments: dict[str, list[PressComment]] = {}
     for row in rows:
         stage = _press(row)
         if stage is PressStage.APPROVED:
+            if view is None or not _approves(row.header, view):
+                continue
             for target in row.references(ReferenceKind.UPDATE)[:1]:
-                approvals.setdefault(target, row)
+                draft = drafts.get(target)
+                if draft is None or draft.header.status is row.header.status:
+                    approvals[target] = row  # oldest first: the latest one stays
         elif stage is None and row.header.type is MessageType.COMMUNICATION:
             for target in row.references(ReferenceKind.REPLY):
                 if target in drafts:
@@ -335,31 +351,59 @@ def press_lines(
     return lines
 
 
-def incident_from_archive(incident: str, rows: Iterable[ArchivedMessage]) -> Incident | None:
-    """The incident as this client's archived activations show it: the first one's sender
-    owns it, the latest one's sender and recipients take part, the latest named
-    communication lead leads (default: the owner). None without an activation."""
-    activations = [
-        r for r in rows if r.header.type is MessageType.ACTIVATION and r.header.incident == incident
-    ]
-    if not activations:
-        return None
-    first, last = activations[0].header, activations[-1].header
-    lead = None
-    for row in activations:
-        if row.header.control is not None and row.header.control.communication_lead:
-            lead = row.header.control.communication_lead
-    incident_type = (first.control.incident_type if first.control else None) or "unknown"
-    return Incident(
-        id=incident,
-        type=incident_type,
-        owner=first.sender,
-        label=first.label,
-        status=first.status,
-        participants=tuple(sorted({last.sender, *last.recipients})),
-        opened=first.created,
-        communication_lead=lead,
+def _approves(header: Header, view: Incident) -> bool:
+    return (
+        header.incident == view.id and header.sender == view.lead and header.status is view.status
     )
+
+
+def incident_from_archive(
+    incident: str, rows: Iterable[ArchivedMessage], *, directory: VerifiedDirectory
+) -> Incident | None:
+    """The incident as this client's archived activations and closes show it, oldest
+    first: the first activation's sender owns it. A later activation counts only if its
+    sender is the owner or an authority in ``directory`` (this client's verified one) and
+    it carries the first one's status: its sender and recipients then take part, and a
+    communication lead it names leads (default: the owner). An ``incident_close`` by the
+    same closes it (``closed`` set); nothing after it counts. Anyone else's activation or
+    close is ignored: a forged one must not make its recipients participants (the
+    originators grant content keys to participants). None without an activation.
+    """
+    view: Incident | None = None
+    ordered = sorted(rows, key=lambda r: (r.header.created, r.message_id))
+    for row in ordered:
+        header = row.header
+        if header.incident != incident:
+            continue
+        if header.type is MessageType.ACTIVATION and view is None:
+            control = header.control
+            view = Incident(
+                id=incident,
+                type=(control.incident_type if control else None) or "unknown",
+                owner=header.sender,
+                label=header.label,
+                status=header.status,
+                participants=tuple(sorted({header.sender, *header.recipients})),
+                opened=header.created,
+                communication_lead=control.communication_lead if control else None,
+            )
+        elif view is None or not _may_steer(header, view, directory):
+            continue
+        elif header.type is MessageType.ACTIVATION:
+            view = opened_by(header, view)
+        elif header.type is MessageType.INCIDENT_CLOSE:
+            return closed_by(view, header.created)
+    return view
+
+
+def _may_steer(header: Header, view: Incident, directory: VerifiedDirectory) -> bool:
+    """The owner or an authority, with the incident's status."""
+    if header.status is not view.status:
+        return False
+    if header.sender == view.owner:
+        return True
+    actor = directory.actor(header.sender)
+    return actor is not None and actor.has_role(Role.AUTHORITY)
 
 
 def press_recipients(

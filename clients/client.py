@@ -65,12 +65,14 @@ from broker import subjects
 from broker.core import (
     Control,
     CoreError,
+    ForwardOrigin,
     Header,
     Identity,
     Incident,
     IncidentEntry,
     Label,
     MessageType,
+    Mode,
     NoticeBody,
     NoticeKind,
     OpenedEnvelope,
@@ -82,12 +84,15 @@ from broker.core import (
     RecipientKey,
     Reference,
     ReferenceKind,
+    Reject,
+    SignedEnvelope,
     Status,
     Tlp,
     VerifiedDirectory,
     VerifiedGrant,
     check_receipt_matches,
     crypto,
+    decide,
     decrypt_own,
     make_bundle,
     make_grant,
@@ -103,6 +108,7 @@ from broker.core import (
     verify_receipt,
 )
 from broker.core.bundles import MAX_BUNDLE_BYTES, MAX_BUNDLE_ITEMS
+from broker.core.incidents import closed_by, opened_by
 
 from . import _crisis, _inputs
 from ._archive import Archive, ArchivedMessage, Direction
@@ -784,19 +790,30 @@ class Client:
         archive = self._require_archive()
         now = _now_ms()
         rows = await asyncio.to_thread(archive.of_incident, incident, (MessageType.COMMUNICATION,))
-        return _crisis.press_lines(incident, rows, payload=lambda row: self._payload(row, now))
+        view = await self._verified_incident(incident)
+        return _crisis.press_lines(
+            incident, rows, payload=lambda row: self._payload(row, now), view=view
+        )
 
     async def _incident_view(self, incident: str) -> Incident:
         """The broker's record when it can be read, else the archived activations'."""
         try:
             return await self.incident(incident)
         except AddressError:
-            archive = self._require_archive()
-            rows = await asyncio.to_thread(archive.of_incident, incident, (MessageType.ACTIVATION,))
-            view = _crisis.incident_from_archive(incident, rows)
+            view = await self._verified_incident(incident)
             if view is None:
                 raise
             return view
+
+    async def _verified_incident(self, incident: str) -> Incident | None:
+        """The incident as this client itself verified it: its archived activations and
+        closes, counted only from the owner or an authority (never the broker's word)."""
+        archive = self._archive
+        assert archive is not None
+        rows = await asyncio.to_thread(
+            archive.of_incident, incident, (MessageType.ACTIVATION, MessageType.INCIDENT_CLOSE)
+        )
+        return _crisis.incident_from_archive(incident, rows, directory=self.directory)
 
     # --- offline bundles -------------------------------------------------------------------
 
@@ -834,9 +851,22 @@ class Client:
         other actors are skipped. The same messages arriving later from NATS are
         duplicates.
 
+        No broker saw a bundled item, so the import enforces the broker's policy itself:
+        each envelope (and the envelope inside a key grant; the newcomer is checked when
+        the grant opens) must pass :func:`broker.core.decide` before it is admitted.
+        This is the broker's policy without the broker's state: the mode is taken as
+        ordinary; the incidents are this client's own verified view
+        (:func:`~clients._crisis.incident_from_archive`), updated by the bundle's
+        accepted activations and closes as the items are taken oldest first; a forward
+        or a press-line approval whose original this client does not hold is refused
+        (as is TLP:AMBER onward sharing, whose approval only the broker knows). A
+        refused item is counted (``refused``) and logged, never archived, receipted or
+        admitted.
+
         Raises :class:`BundleRefused`, :class:`BundleFileError` (``io``).
         """
         self._require_open()
+        archive = self._require_archive()
         data = await asyncio.to_thread(_read_bounded, Path(path), MAX_BUNDLE_BYTES + 256)
         now = _now_ms()
         try:
@@ -844,24 +874,71 @@ class Client:
         except CoreError as exc:
             raise BundleRefused(f"bundle refused: {exc.message}", code=exc.code) from exc
         counts = {"admitted": 0, "duplicate": 0, "not_for_me": 0, "refused": 0}
+        limit = self.policy.limits.max_envelope_bytes
+        # (created, id, frame, the envelope to decide on, for this actor)
+        items: list[tuple[int, str, bytes, SignedEnvelope, bool]] = []
         for item in bundle.items:
+            try:
+                if item[4:5] == b"G":
+                    grant = verify_grant(item, self.directory, now=now, max_envelope_bytes=limit)
+                    envelope, mine = grant.envelope, grant.body.recipient == self.actor
+                else:
+                    envelope = read_envelope(item, self.directory, max_bytes=limit)
+                    mine = self.actor in envelope.header.recipients
+            except CoreError as exc:
+                log.warning("%s: refused a bundled item (%s)", self.actor, exc.code)
+                self.refused += 1
+                counts["refused"] += 1
+                continue
+            items.append((envelope.header.created, envelope.header.id, item, envelope, mine))
+        items.sort(key=lambda i: (i[0], i[1]))
+        incidents: dict[str, Incident] = {}
+        looked: set[str] = set()
+        for _, _, item, envelope, mine in items:
             self._require_open()
-            if item[4:5] == b"G":
+            header = envelope.header
+            steering = header.type in (MessageType.ACTIVATION, MessageType.INCIDENT_CLOSE)
+            if not mine and not steering:
+                counts["not_for_me"] += 1
+                continue
+            if header.incident is not None and header.incident not in looked:
+                looked.add(header.incident)
+                view = await self._verified_incident(header.incident)
+                if view is not None:
+                    incidents[header.incident] = view
+            origin, draft = await asyncio.to_thread(self._originals, archive, header)
+            decision = decide(
+                envelope.raw,
+                directory=self.directory,
+                policy=self.policy,
+                mode=Mode.ORDINARY,
+                now=now,
+                seen=(),
+                origin=origin,
+                incidents=incidents,
+                draft=draft,
+            )
+            if isinstance(decision, Reject):
+                log.warning(
+                    "%s: refused bundled %s %s from %s: %s (%s)",
+                    self.actor, header.type.value, header.id, header.sender,
+                    decision.reason.value, decision.detail,
+                )  # fmt: skip
+                self.refused += 1
+                counts["refused"] += 1
+                continue
+            if not mine:
+                outcome = "not_for_me"
+            elif item[4:5] == b"G":
                 outcome = await self._granted(item, now)
             else:
-                try:
-                    header = read_envelope(
-                        item, self.directory, max_bytes=self.policy.limits.max_envelope_bytes
-                    ).header
-                except CoreError as exc:
-                    log.warning("%s: refused a bundled envelope (%s)", self.actor, exc.code)
-                    self.refused += 1
-                    counts["refused"] += 1
-                    continue
-                if self.actor not in header.recipients:
-                    counts["not_for_me"] += 1
-                    continue
                 outcome = await self._envelope(item, now)
+            if steering and header.incident is not None and outcome != "refused":
+                previous = incidents.get(header.incident)
+                if header.type is MessageType.ACTIVATION:
+                    incidents[header.incident] = opened_by(header, previous)
+                elif previous is not None:
+                    incidents[header.incident] = closed_by(previous, header.created)
             counts[outcome] += 1
         log.info("%s: imported bundle %s: %s", self.actor, path, counts)
         return ImportResult(
@@ -870,6 +947,20 @@ class Client:
             not_for_me=counts["not_for_me"],
             refused=counts["refused"],
         )
+
+    @staticmethod
+    def _originals(
+        archive: Archive, header: Header
+    ) -> tuple[ForwardOrigin | None, ForwardOrigin | None]:
+        """The archived original of a forward and the draft of an approval, if held."""
+        found: list[ForwardOrigin | None] = []
+        control = header.control
+        approval = control is not None and control.press is PressStage.APPROVED
+        updates = [r for r in header.references if r.kind is ReferenceKind.UPDATE]
+        for reference in (header.forwarded(), updates[0] if approval and updates else None):
+            row = archive.get(reference.message) if reference is not None else None
+            found.append(None if row is None else ForwardOrigin(row.header, row.header_hash))
+        return found[0], found[1]
 
     def _require_archive(self) -> Archive:
         self._require_open()
@@ -1280,9 +1371,11 @@ class Client:
         """The broker asks for a grant of ``body.message`` to ``body.recipients[0]``.
 
         Granted only if this client sent that exact message (id and header hash, content
-        key archived) and the newcomer takes part in the incident according to the most
-        recent activation this client itself verified: the broker's word alone would let
-        a compromised broker collect content keys for anyone. Refusals are logged and
+        key archived) and the newcomer takes part in the open incident according to the
+        most recent activation this client itself verified, by the owner or an authority
+        (:func:`~clients._crisis.incident_from_archive`): the broker's word, or an
+        activation signed by anyone else, would let a compromised broker collect content
+        keys for anyone. Refusals are logged and
         counted (:attr:`grants_refused`); a newcomer not yet seen activated waits for that
         activation (bounded by :data:`MAX_PENDING_GRANTS`).
         """
@@ -1307,10 +1400,10 @@ class Client:
             return
         incident = row.header.incident
         assert incident is not None  # a content key is archived only for incident messages
-        activations = await asyncio.to_thread(
-            archive.of_incident, incident, (MessageType.ACTIVATION,)
-        )
-        view = _crisis.incident_from_archive(incident, activations)
+        view = await self._verified_incident(incident)
+        if view is not None and not view.is_open:
+            self._refuse_grant(message, newcomer, "grant_incident_closed", "incident closed")
+            return
         if view is None or newcomer not in view.participants:
             self._pending_grants[(message, newcomer)] = body
             while len(self._pending_grants) > MAX_PENDING_GRANTS:

@@ -30,6 +30,7 @@ from broker.core import (
     Incident,
     Label,
     MessageType,
+    Mode,
     NoticeKind,
     Policy,
     PressStage,
@@ -41,6 +42,7 @@ from broker.core import (
     decrypt_own,
     frame,
     load_policy,
+    make_bundle,
     make_grant,
     make_notice,
     read_envelope,
@@ -114,6 +116,7 @@ class Traffic:
     region: DemoRegion
     me: str
     keys: dict[str, bytes] = field(default_factory=dict)
+    at: int = NOW  # the default "now": created, and the keys' validity
 
     def message(
         self,
@@ -122,22 +125,24 @@ class Traffic:
         *,
         type: MessageType = MessageType.SITUATION_REPORT,
         incident: str | None = "storm-1",
-        created: int = NOW,
-        expires: int = NOW + HOUR,
+        created: int | None = None,
+        expires: int | None = None,
         references: tuple[Reference, ...] = (),
         control: Control | None = None,
         payload: bytes = b"Trees down on road 222",
         status: Status = Status.ACTUAL,
+        label: Label = INTERN_AMBER,
     ) -> ArchivedMessage:
         directory = self.region.directory
+        created = self.at if created is None else created
         sealed = seal_envelope(
             sender=self.region.identities[sender],
-            recipients=[RecipientKey.of(directory.actor(a), NOW) for a in to],  # type: ignore[arg-type]
-            label=INTERN_AMBER,
+            recipients=[RecipientKey.of(directory.actor(a), self.at) for a in to],  # type: ignore[arg-type]
+            label=label,
             message_type=type,
             payload=payload,
             created=created,
-            expires=expires,
+            expires=self.at + HOUR if expires is None else expires,
             incident=incident,
             references=references,
             control=control,
@@ -330,6 +335,11 @@ def test_request_status_counts_replies_from_recipients_and_overdue_after_the_dea
 
 def test_press_lines_join_drafts_comments_and_approvals(region: DemoRegion) -> None:
     t = Traffic(region, "nacka")
+    activation = t.message(LN, ("nacka", "stockholm"), type=MessageType.ACTIVATION,
+                           control=Control(incident_type="storm"))  # fmt: skip
+    view = incident_from_archive("storm-1", [activation], directory=region.directory)
+    assert view is not None
+    assert view.lead == LN
     draft = t.message("nacka", ("stockholm", LN), type=MessageType.COMMUNICATION,
                       control=Control(press=PressStage.DRAFT), payload=b"Stay indoors")  # fmt: skip
     comment = t.message("stockholm", ("nacka",), type=MessageType.COMMUNICATION,
@@ -342,7 +352,9 @@ def test_press_lines_join_drafts_comments_and_approvals(region: DemoRegion) -> N
     open_draft = t.message("nacka", ("stockholm", LN), type=MessageType.COMMUNICATION,
                            created=NOW + 3, control=Control(press=PressStage.DRAFT),
                            payload=b"Schools closed")  # fmt: skip
-    lines = press_lines("storm-1", [draft, comment, approval, open_draft], payload=t.payload)
+    lines = press_lines(
+        "storm-1", [draft, comment, approval, open_draft], payload=t.payload, view=view
+    )
     assert [(p.draft_id, p.state, p.author, p.text) for p in lines] == [
         (draft.message_id, "approved", "nacka", "Stay indoors"),
         (open_draft.message_id, "draft", "nacka", "Schools closed"),
@@ -354,10 +366,44 @@ def test_press_lines_join_drafts_comments_and_approvals(region: DemoRegion) -> N
         "Stay indoors, call 112",
     )
     # A participant that holds only the approval still sees the line as approved.
-    [seen] = press_lines("storm-1", [approval], payload=t.payload)
+    [seen] = press_lines("storm-1", [approval], payload=t.payload, view=view)
     assert (seen.state, seen.author, seen.text, seen.draft_id) == (
         "approved", None, None, draft.message_id
     )  # fmt: skip
+    # Without a verified incident there is no lead, so no approval counts.
+    [unknown] = press_lines("storm-1", [draft, approval], payload=t.payload, view=None)
+    assert (unknown.state, unknown.approved_by) == ("draft", None)
+
+
+def test_press_lines_count_only_the_leads_latest_approval_of_the_drafts_status(
+    region: DemoRegion,
+) -> None:
+    t = Traffic(region, "solna")
+    activation = t.message(LN, ("nacka", "stockholm", "solna"), type=MessageType.ACTIVATION,
+                           control=Control(incident_type="storm"))  # fmt: skip
+    view = incident_from_archive("storm-1", [activation], directory=region.directory)
+    draft = t.message("nacka", ("stockholm", LN, "solna"), type=MessageType.COMMUNICATION,
+                      created=NOW + 10, control=Control(press=PressStage.DRAFT),
+                      payload=b"Stay indoors")  # fmt: skip
+
+    def approval(sender: str, created: int, text: bytes, **kw: Any) -> ArchivedMessage:
+        return t.message(sender, ("solna",), type=MessageType.COMMUNICATION, created=created,
+                         control=Control(press=PressStage.APPROVED), payload=text,
+                         references=(ref(ReferenceKind.UPDATE, draft),), **kw)  # fmt: skip
+
+    forged = approval("stockholm", NOW + 11, b"All clear, go outside")  # backdated, first
+    lead = approval(LN, NOW + 20, b"Stay indoors")
+    exercise = approval(LN, NOW + 25, b"drill", status=Status.EXERCISE)
+    latest = approval(LN, NOW + 30, b"Stay indoors, call 112")
+    [line] = press_lines("storm-1", [draft, forged, lead], payload=t.payload, view=view)
+    assert (line.state, line.approved_by, line.approval_id, line.approved_text) == (
+        "approved", LN, lead.message_id, "Stay indoors"
+    )  # fmt: skip
+    rows = [draft, forged, latest, lead, exercise]
+    [line] = press_lines("storm-1", rows, payload=t.payload, view=view)
+    assert (line.approved_by, line.approval_id) == (LN, latest.message_id)
+    [line] = press_lines("storm-1", [draft, forged], payload=t.payload, view=view)
+    assert (line.state, line.approved_by) == ("draft", None)
 
 
 def test_incident_view_and_press_recipients_come_from_verified_activations(
@@ -369,8 +415,8 @@ def test_incident_view_and_press_recipients_come_from_verified_activations(
     second = t.message(LN, ("nacka", "solna", "stockholm"), type=MessageType.ACTIVATION,
                        created=NOW + 1, control=Control(incident_type="storm",
                                                         communication_lead="solna"))  # fmt: skip
-    assert incident_from_archive("storm-1", []) is None
-    view = incident_from_archive("storm-1", [first, second])
+    assert incident_from_archive("storm-1", [], directory=region.directory) is None
+    view = incident_from_archive("storm-1", [first, second], directory=region.directory)
     assert view is not None
     assert (view.owner, view.lead, view.type) == (LN, "solna", "storm")
     assert view.participants == tuple(sorted((LN, "nacka", "solna", "stockholm")))
@@ -387,6 +433,51 @@ def test_incident_view_and_press_recipients_come_from_verified_activations(
     assert press_recipients(alone, Policy(), region.directory, "nacka") == (
         LN, "solna", "stockholm"
     )  # fmt: skip
+
+
+def test_incident_view_ignores_activations_and_closes_by_others_and_what_follows_a_close(
+    region: DemoRegion,
+) -> None:
+    t = Traffic(region, "nacka")
+    directory = region.directory
+
+    def activation(sender: str, to: tuple[str, ...], created: int, **kw: Any) -> ArchivedMessage:
+        return t.message(sender, to, type=MessageType.ACTIVATION, created=created,
+                         control=Control(incident_type="storm", **kw))  # fmt: skip
+
+    # stockholm (an activator, not an authority) opens; nacka and solna take part.
+    first = activation("stockholm", ("nacka", "solna"), NOW)
+    # Forged "joins": by a participant, by another activator, and the owner's own of
+    # another status - each would make its recipients participants and the lead.
+    forged = activation("solna", ("nacka", "sos-alarm"), NOW + 1, communication_lead="sos-alarm")
+    other = activation("polisen-stockholm", ("nacka", "trafikverket"), NOW + 2)
+    drill = t.message("stockholm", ("nacka", "trafikverket"), type=MessageType.ACTIVATION,
+                      created=NOW + 3, status=Status.EXERCISE,
+                      control=Control(incident_type="storm"))  # fmt: skip
+    rows = [first, forged, other, drill]
+    view = incident_from_archive("storm-1", rows, directory=directory)
+    assert view is not None
+    assert (view.owner, view.lead, view.is_open) == ("stockholm", "stockholm", True)
+    assert view.participants == ("nacka", "solna", "stockholm")
+    # An authority (länsstyrelsen) may steer another's incident: its join counts.
+    join = activation(LN, ("nacka", "solna", "stockholm"), NOW + 4, communication_lead=LN)
+    view = incident_from_archive("storm-1", [*rows, join], directory=directory)
+    assert view is not None
+    assert (view.owner, view.lead) == ("stockholm", LN)
+    assert view.participants == tuple(sorted((LN, "nacka", "solna", "stockholm")))
+    # A close by a participant is ignored; the owner's closes it, and nothing after counts.
+    fake_close = t.message("solna", ("nacka",), type=MessageType.INCIDENT_CLOSE, created=NOW + 5)
+    close = t.message("stockholm", ("nacka",), type=MessageType.INCIDENT_CLOSE, created=NOW + 6)
+    reopen = activation("stockholm", ("nacka", "sos-alarm"), NOW + 7)
+    still = incident_from_archive("storm-1", [*rows, join, fake_close], directory=directory)
+    assert still is not None
+    assert still.is_open
+    closed = incident_from_archive(
+        "storm-1", [*rows, join, fake_close, close, reopen], directory=directory
+    )
+    assert closed is not None
+    assert closed.closed == NOW + 6
+    assert "sos-alarm" not in closed.participants
 
 
 # --- refusals before anything is sent (an offline client) ----------------------------------------
@@ -794,3 +885,121 @@ async def test_hostile_grants_and_grant_requests_grant_nothing(crisis: Network) 
     assert "solna" not in header.recipients
     assert solna.outbox_depth == 0, "no delivered receipt for a granted message"
     assert os.path.exists(net.state_dir("solna") / "archive.sqlite")
+
+
+# --- attacks: forged activations, bundled policy violations, forged approvals -------------------
+
+
+async def test_a_forged_activation_delivered_to_an_originator_gets_nothing_granted(
+    crisis: Network,
+) -> None:
+    net = crisis
+    nacka = await net.client("nacka")
+    solna = await net.client("solna")
+    ln = await opened(net, "storm-7", ["nacka"])
+    await until_message(nacka, lambda m: m.type is MessageType.ACTIVATION, "activation")
+    report = await nacka.send(incident="storm-7", type="situation_report", payload="Confidential",
+                              label="INTERN", tlp="AMBER")  # fmt: skip
+    await report.accepted(WAIT)
+    # Stockholm (an activator, not the owner nor an authority) signs a "join" of solna;
+    # the broker would refuse it, a compromised one delivers it straight to nacka.
+    t = Traffic(net.region, "nacka", at=now_ms())
+    forged = t.message("stockholm", ("nacka", "solna"), type=MessageType.ACTIVATION,
+                       incident="storm-7", control=Control(incident_type="storm"))  # fmt: skip
+    js = await net.js()
+    await js.publish(subjects.deliver_subject("nacka"), forged.data)
+    await quiet(js, "nacka")
+    archive = nacka._archive
+    assert archive is not None
+    assert forged.message_id in archive, "it verified and opened: only the view ignores it"
+    notice = make_notice(net.region.broker, NoticeKind.GRANT_REQUEST, to="nacka",
+                         submission=report.message_id.encode(), at=now_ms(),
+                         message=report.message_id, header_hash=report.header_hash,
+                         recipients=("solna",))  # fmt: skip
+    await js.publish(subjects.deliver_subject("nacka"), notice)
+    await quiet(js, "nacka")
+    assert nacka.grants_made == 0, "no content key for the forged activation's recipient"
+    assert (report.message_id, "solna") in nacka._pending_grants
+    view = await nacka._verified_incident("storm-7")
+    assert view is not None
+    assert view.participants == tuple(sorted((LN, "nacka")))
+    # The owner's genuine join does get solna the report.
+    join = await ln.activate("storm-7", "storm", to=["nacka", "solna"], groups=[])
+    await join.accepted(WAIT)
+    got = await until_message(solna, lambda m: m.id == report.message_id, "the granted report")
+    assert (got.granted, got.text) == (True, "Confidential")
+
+
+async def test_an_imported_bundle_is_held_to_the_brokers_policy(
+    live_region: DemoRegion, dead_url: str, tmp_path: Path
+) -> None:
+    now = now_ms()
+    t = Traffic(live_region, "solna", at=now)
+    public = Label(policy="ssr", classification="OFFENTLIG", tlp=Tlp.CLEAR)
+    activation = t.message(LN, ("nacka", "solna"), type=MessageType.ACTIVATION, incident="flood-2",
+                           control=Control(incident_type="flooding"))  # fmt: skip
+    report = t.message("nacka", ("solna",), incident="flood-2", created=now + 1)
+    # Never submitted, and the broker would refuse each: nacka holds no authority role,
+    # and a public line needs the lead's approval of a draft.
+    mode = t.message("nacka", ("solna",), type=MessageType.MODE_CHANGE, incident=None,
+                     created=now + 2, control=Control(mode=Mode.ACTIVATED))  # fmt: skip
+    press = t.message("nacka", ("solna",), type=MessageType.COMMUNICATION, incident="flood-2",
+                      created=now + 3, label=public, payload=b"All clear")  # fmt: skip
+    # Into the incident, but to an actor who takes no part in it.
+    outside = t.message("nacka", ("solna", "sos-alarm"), incident="flood-2", created=now + 4)
+    # Activations by a non-owner: the second would make sos-alarm a participant.
+    hijack = t.message("stockholm", ("nacka", "solna", "sos-alarm"), type=MessageType.ACTIVATION,
+                       incident="flood-2", created=now + 5,
+                       control=Control(incident_type="flooding"))  # fmt: skip
+    after = t.message("nacka", ("solna", "sos-alarm"), incident="flood-2", created=now + 6)
+    rows = [after, press, mode, outside, hijack, report, activation]  # out of order
+    bundle = tmp_path / "nacka.ssrb"
+    bundle.write_bytes(make_bundle(live_region.identities["nacka"], [r.data for r in rows],
+                                   created=now))  # fmt: skip
+    options = offline_options(live_region, "solna", dead_url, tmp_path / "solna")
+    async with Client.connect(**options) as solna:
+        result = await solna.import_bundle(bundle)
+        assert result == ImportResult(admitted=2, duplicates=0, not_for_me=0, refused=5)
+        got = await nothing_waiting(solna)
+        assert [m.id for m in got] == [activation.message_id, report.message_id]
+        archive = solna._archive
+        assert archive is not None
+        for row in (mode, press, outside, hijack, after):
+            assert row.message_id not in archive
+        assert solna.outbox_depth == 2, "delivered receipts only for the admitted two"
+        view = await solna._verified_incident("flood-2")
+        assert view is not None
+        assert view.participants == tuple(sorted((LN, "nacka", "solna")))
+
+
+async def test_a_backdated_approval_by_a_non_lead_does_not_take_precedence(
+    live_region: DemoRegion, dead_url: str, tmp_path: Path
+) -> None:
+    now = now_ms()
+    t = Traffic(live_region, "solna", at=now)
+    everyone = ("nacka", "stockholm", "solna")
+    activation = t.message(LN, everyone, type=MessageType.ACTIVATION, incident="storm-9",
+                           control=Control(incident_type="storm"))  # fmt: skip
+    draft = t.message("nacka", (LN, "stockholm", "solna"), type=MessageType.COMMUNICATION,
+                      incident="storm-9", created=now + 10,
+                      control=Control(press=PressStage.DRAFT), payload=b"Stay indoors")  # fmt: skip
+    public = Label(policy="ssr", classification="OFFENTLIG", tlp=Tlp.CLEAR)
+
+    def approval(sender: str, created: int, text: bytes) -> ArchivedMessage:
+        return t.message(sender, ("solna",), type=MessageType.COMMUNICATION, incident="storm-9",
+                         created=created, control=Control(press=PressStage.APPROVED),
+                         label=public, payload=text,
+                         references=(ref(ReferenceKind.UPDATE, draft),))  # fmt: skip
+
+    forged = approval("stockholm", now + 11, b"All clear, go outside")
+    lead = approval(LN, now + 20, b"Stay indoors, call 112")
+    options = offline_options(live_region, "solna", dead_url, tmp_path / "solna")
+    async with Client.connect(**options) as solna:
+        archive = solna._archive
+        assert archive is not None
+        for row in (activation, draft, forged, lead):  # as a compromised broker delivers
+            archive.add(Direction.RECEIVED, row.header, row.header_hash, row.data)
+        [line] = await solna.press_lines("storm-9")
+        assert (line.state, line.approved_by, line.approval_id, line.approved_text) == (
+            "approved", LN, lead.message_id, "Stay indoors, call 112"
+        )  # fmt: skip
