@@ -450,6 +450,13 @@ class JetStreamBus:
         except _TRANSPORT_ERRORS as exc:
             raise NatsUnavailable(f"kv put {bucket}/{key} failed: {exc}") from exc
 
+    async def kv_delete(self, bucket: str, key: str) -> None:
+        """Delete ``key`` (a delete marker; history keeps the old values until purged)."""
+        try:
+            await self._request(self._kv[bucket].delete(key))
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"kv delete {bucket}/{key} failed: {exc}") from exc
+
     async def kv_values(self, bucket: str, key: str) -> AsyncIterator[bytes]:
         """Every value ``key`` takes from now on (the current one first, if any).
 

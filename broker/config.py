@@ -58,6 +58,7 @@ class BrokerConfig:
     ack_wait_s: float = 30.0
     max_deliver: int = 20
     sweep_interval_s: float = 5.0
+    join_interval_s: float = 1.0  # how often queued late joiners' grant requests go out
     audit_seal_interval_s: float = 2.0  # how often new audit events are sealed
     audit_verify_interval_s: float = 60.0  # how often the whole trail is verified
     shutdown_timeout_s: float = 15.0

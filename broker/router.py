@@ -83,10 +83,23 @@ MAX_INCIDENT_BYTES = 64 * 1024
 MAX_ENTRY_BYTES = 64 * 1024
 MAX_INDEX_SCAN = 10_000  # index entries of one incident read when actors join it
 MAX_GRANT_REQUESTS = 1000  # grant requests per newcomer per activation; the rest are logged
+JOIN_BUDGET = 500  # messages of queued joins handled per call of process_joins
 
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class Join(BaseModel):
+    """A newcomer to an incident whose grant requests are not all sent yet (KV
+    ``join.<incident>.<newcomer>``); ``offset`` counts the messages already handled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    incident: str
+    newcomer: str
+    activation: str
+    offset: int = 0
 
 
 class MessageRecord(BaseModel):
@@ -144,6 +157,7 @@ class Router:
         self.identity = identity
         self.metrics = metrics
         self.clock = clock
+        self._swept_up_to: str | None = None  # the sweep's place among the message records
 
     # --- entry ------------------------------------------------------------------------
 
@@ -387,9 +401,17 @@ class Router:
         previous = self.state.incidents.get(header.incident)
         if header.type is MessageType.ACTIVATION:
             incident = opened_by(header, previous)
-            # Before the incident is written: a crash in between repeats the requests (same
-            # dedupe ids) on redelivery, where ``previous`` still lacks the newcomers.
-            await self._late_joiners(newcomers(previous, incident), incident)
+            # Queued before the incident is written: a crash in between queues them again on
+            # redelivery, where ``previous`` still lacks the newcomers. The requests go out
+            # from :meth:`process_joins`, after the incident is written (a grant arriving at
+            # another broker finds the newcomer a participant) and off the routing path.
+            for newcomer in newcomers(previous, incident):
+                join = Join(incident=incident.id, newcomer=newcomer, activation=header.id)
+                await self.bus.kv_put(
+                    subjects.STATE_BUCKET,
+                    subjects.join_key(incident.id, newcomer),
+                    join.model_dump_json().encode(),
+                )
         else:
             assert previous is not None  # decide() refused a close of an unknown incident
             incident = closed_by(previous, header.created)
@@ -440,32 +462,65 @@ class Router:
                 log.error("unreadable index entry %s", key)
         return entries
 
-    async def _late_joiners(self, joined: tuple[str, ...], incident: Incident) -> None:
-        """Ask originators to grant the incident's still-valid messages to actors that joined.
+    async def process_joins(self, *, budget: int = JOIN_BUDGET) -> int:
+        """Ask originators to grant incidents' still-valid messages to actors that joined.
 
-        Per newcomer, the newest :data:`MAX_GRANT_REQUESTS` messages it lacks; a message its
-        label keeps from the newcomer (TLP:RED, AMBER+STRICT, clearance) is audited as
-        ``grant_refused`` and nobody is asked.
+        Works through the queued joins (KV ``join.<incident>.<newcomer>``), at most
+        ``budget`` messages per call, so one activation adding many actors to a busy
+        incident cannot hold up routing. Per join, the newest :data:`MAX_GRANT_REQUESTS`
+        unexpired messages the newcomer lacks, newest first; a message its label keeps from
+        the newcomer (TLP:RED, AMBER+STRICT, clearance) is audited as ``grant_refused`` and
+        nobody is asked. A newcomer that left again, or a closed incident, ends the join.
+        Returns how many messages were handled.
         """
-        if not joined:
-            return
+        handled = 0
+        for key, value in await self.bus.kv_entries(subjects.STATE_BUCKET, subjects.JOIN_PATTERN):
+            if handled >= budget:
+                break
+            try:
+                join = Join.model_validate_json(value)
+            except ValidationError:
+                log.error("unreadable join %s dropped", key)
+                await self.bus.kv_delete(subjects.STATE_BUCKET, key)
+                continue
+            handled += await self._join(key, join, budget - handled)
+        return handled
+
+    async def _join(self, key: str, join: Join, budget: int) -> int:
         now = self.clock()
+        await self._refresh_incident(join.incident)
+        incident = self.state.incidents.get(join.incident)
+        if incident is None or not incident.is_open or join.newcomer not in incident.participants:
+            await self.bus.kv_delete(subjects.STATE_BUCKET, key)
+            return 0
         entries = sorted(
-            (e for e in await self._index_entries(incident.id) if e.expires > now),
-            key=lambda e: e.created,
+            (
+                e
+                for e in await self._index_entries(join.incident)
+                if e.expires > now
+                and e.sender != join.newcomer
+                and join.newcomer not in e.recipients
+            ),
+            key=lambda e: (e.created, e.id),
             reverse=True,
         )
-        for newcomer in joined:
-            lacking = [e for e in entries if e.sender != newcomer and newcomer not in e.recipients]
-            if len(lacking) > MAX_GRANT_REQUESTS:
-                log.warning(
-                    "%s joined incident %s: %d older messages not offered for a grant",
-                    newcomer,
-                    incident.id,
-                    len(lacking) - MAX_GRANT_REQUESTS,
-                )
-            for entry in lacking[:MAX_GRANT_REQUESTS]:
-                await self._request_grant(entry, newcomer, now)
+        if len(entries) > MAX_GRANT_REQUESTS and join.offset == 0:
+            log.warning(
+                "%s joined incident %s: %d older messages not offered for a grant",
+                join.newcomer,
+                join.incident,
+                len(entries) - MAX_GRANT_REQUESTS,
+            )
+        batch = entries[:MAX_GRANT_REQUESTS][join.offset : join.offset + budget]
+        for entry in batch:
+            await self._request_grant(entry, join.newcomer, now)
+        offset = join.offset + len(batch)
+        if offset >= min(len(entries), MAX_GRANT_REQUESTS):
+            await self.bus.kv_delete(subjects.STATE_BUCKET, key)
+        else:  # a crash before this repeats at most one batch, under the same dedupe ids
+            done = join.model_copy(update={"offset": offset})
+            await self.bus.kv_put(subjects.STATE_BUCKET, key, done.model_dump_json().encode())
+        return len(batch)
 
     async def _request_grant(self, entry: IncidentEntry, newcomer: str, now: int) -> None:
         found = await self._record(entry.id)
@@ -765,12 +820,22 @@ class Router:
 
     # --- escalation -----------------------------------------------------------------------
 
+    async def _sweep_batch(self, limit: int) -> list[str]:
+        """The next ``limit`` message records in key order after the last sweep's, wrapping
+        around: with more records than one sweep reads, each is still visited in turn."""
+        keys = sorted(await self.bus.kv_keys(subjects.MESSAGES_BUCKET))
+        after = self._swept_up_to
+        start = 0 if after is None else next((i for i, k in enumerate(keys) if k > after), 0)
+        batch = (keys[start:] + keys[:start])[:limit]
+        self._swept_up_to = batch[-1] if len(batch) < len(keys) else None
+        return batch
+
     async def sweep(self, *, limit: int = 10_000) -> int:
         """Escalate missed delivery deadlines and unanswered requests; returns how many
         notices that took (an escalation and an overdue request count one each)."""
         now = self.clock()
         sent = 0
-        for key in (await self.bus.kv_keys(subjects.MESSAGES_BUCKET))[:limit]:
+        for key in await self._sweep_batch(limit):
             found = await self._record(key)
             if found is None:
                 continue

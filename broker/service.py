@@ -135,6 +135,7 @@ class Service:
         self._tasks = [
             asyncio.create_task(self._consume(submissions), name="consume"),
             asyncio.create_task(self._every(config.sweep_interval_s, self._sweep), name="sweep"),
+            asyncio.create_task(self._every(config.join_interval_s, self._joins), name="joins"),
             asyncio.create_task(
                 self._every(config.sweep_interval_s, self.refresh_state), name="state"
             ),
@@ -250,6 +251,10 @@ class Service:
     async def _sweep(self) -> None:
         assert self.router is not None
         await self.router.sweep()
+
+    async def _joins(self) -> None:
+        assert self.router is not None
+        await self.router.process_joins()
 
     # --- the audit trail -----------------------------------------------------------------
 

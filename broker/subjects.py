@@ -9,7 +9,7 @@
 | ``ssr.audit.<kind>``        | SSR_AUDIT       | audit events; deny delete, deny purge     |
 | KV ``ssr_directory``        |                 | signed directory versions by ``v<N>``      |
 | KV ``ssr_state``            |                 | ``mode``, ``incident.<id>``,              |
-|                             |                 | ``index.<incident>.<message id>``         |
+|                             |                 | ``join.<incident>.<actor>`` (queued joins) |
 | KV ``ssr_messages``         |                 | per message: header, receipt state        |
 | KV ``ssr_index``            |                 | ``<incident>.<message id>``: index entry   |
 """
@@ -59,6 +59,14 @@ def actor_of_submit(subject: str) -> str | None:
 
 def incident_key(incident_id: str) -> str:
     return f"incident.{_token(incident_id)}"
+
+
+JOIN_PATTERN = "join.>"
+
+
+def join_key(incident_id: str, actor: str) -> str:
+    """A queued late joiner whose grant requests are still to be sent."""
+    return f"join.{_token(incident_id)}.{_token(actor)}"
 
 
 def index_prefix(incident_id: str) -> str:

@@ -591,3 +591,77 @@ async def test_an_activation_must_name_a_catalogue_type(service: Service, net: A
         control=Control(incident_type="volcano"),
     )  # fmt: skip
     assert (await refused(net, LST, data)).reason == "incident_type_unknown"
+
+
+# --- queued joins and the sweep's place ------------------------------------------------------
+
+
+async def join_keys(service: Service) -> list[str]:
+    assert service.bus is not None
+    return await service.bus.kv_keys(subjects.STATE_BUCKET, subjects.JOIN_PATTERN)
+
+
+async def test_joins_are_worked_off_in_bounded_batches(
+    broker_factory: BrokerFactory, actors: Actors
+) -> None:
+    """An activation only queues its newcomers; the grant requests go out in batches of the
+    given budget, newest messages first, and the join is gone when every one was asked."""
+    service = await broker_factory(sweep_interval_s=3600.0, join_interval_s=3600.0)
+    net = await actors.start()
+    assert service.router is not None
+    incident = "storm-batch"
+    await activate(net, incident, ["nacka", "stockholm"])
+    sent = [seal(net, "nacka", ["stockholm"], incident=incident) for _ in range(5)]
+    for sealed in sent:
+        await accepted(net, "nacka", sealed.raw)
+    await activate(net, incident, ["nacka", "stockholm", "solna"])
+    assert await join_keys(service) == [subjects.join_key(incident, "solna")]
+    assert await service.router.process_joins(budget=2) == 2
+    assert await join_keys(service) == [subjects.join_key(incident, "solna")]  # not done
+    assert await service.router.process_joins(budget=2) == 2
+    # Solna lacks six messages: nacka's five reports and the first activation.
+    assert await service.router.process_joins(budget=10) == 2
+    assert await join_keys(service) == []
+    assert await service.router.process_joins() == 0
+    requests = await notices(service, "nacka", NoticeKind.GRANT_REQUEST, 5)
+    assert {n.message for n in requests} == {header(net, s.raw).id for s in sent}
+
+
+async def test_a_newcomer_that_left_again_is_asked_nothing(
+    broker_factory: BrokerFactory, actors: Actors
+) -> None:
+    service = await broker_factory(sweep_interval_s=3600.0, join_interval_s=3600.0)
+    net = await actors.start()
+    assert service.router is not None
+    incident = "storm-left"
+    await activate(net, incident, ["nacka", "stockholm"])
+    await accepted(net, "nacka", seal(net, "nacka", ["stockholm"], incident=incident).raw)
+    await activate(net, incident, ["nacka", "stockholm", "solna"])
+    await activate(net, incident, ["nacka", "stockholm"])  # solna removed before any request
+    assert await service.router.process_joins() == 0
+    assert await join_keys(service) == []
+    assert metric(service, "ssr_broker_notices_sent_total", kind="grant_request") == 0
+
+
+async def test_the_sweep_visits_every_record_in_turn(service: Service, net: Actors) -> None:
+    """With more message records than one sweep reads, the sweep goes on where it stopped,
+    so a request late in key order still becomes overdue."""
+    assert service.router is not None
+    created = now_ms()
+    asked = []
+    for _ in range(3):
+        request = net.envelope(
+            "nacka",
+            ["stockholm"],
+            message_type=MessageType.REQUEST,
+            control=Control(deadline=created + 60_000),
+            created=created,
+        )
+        asked.append((await accepted(net, "nacka", request)).id)
+    service.router.clock = lambda: now_ms() + 120_000
+    chased = 0
+    for _ in range(3):
+        chased += await service.router.sweep(limit=1)
+    assert chased == 3
+    overdue = await notices(service, "nacka", NoticeKind.OVERDUE, 3)
+    assert {n.message for n in overdue} == set(asked)
