@@ -270,15 +270,21 @@ class JetStreamBus:
                 (subjects.MESSAGES_BUCKET, 1, settings.message_state_ttl_s),
                 (subjects.INDEX_BUCKET, 1, settings.message_state_ttl_s),
             ):
-                self._kv[bucket] = await self.js.create_key_value(
-                    api.KeyValueConfig(
-                        bucket=bucket,
-                        history=history,
-                        ttl=ttl,
-                        replicas=settings.replicas,
-                        storage=api.StorageType.FILE,
+                # Bind an existing bucket rather than re-create it: a create request needs
+                # the stream's peers for placement, and one may be down while a broker
+                # restarts in a cluster.
+                try:
+                    self._kv[bucket] = await self.js.key_value(bucket)
+                except nats.js.errors.BucketNotFoundError:
+                    self._kv[bucket] = await self.js.create_key_value(
+                        api.KeyValueConfig(
+                            bucket=bucket,
+                            history=history,
+                            ttl=ttl,
+                            replicas=settings.replicas,
+                            storage=api.StorageType.FILE,
+                        )
                     )
-                )
         except _TRANSPORT_ERRORS as exc:
             raise NatsUnavailable(f"cannot create streams: {exc}") from exc
 

@@ -1,6 +1,8 @@
 """The ``ssr`` command line: keys, policy files, the signed directory (verify, show and
 the authority's verbs in ``cli_directory``), sending and receiving as an actor (``send``,
-``inbox``, ``status`` and ``directory publish`` in ``cli_messages``) and ``up``.
+``inbox``, ``status`` and ``directory publish`` in ``cli_messages``), the crisis verbs
+(``activate``, ``situation``, ``request(s)``, ``press``, ``export``, ``import`` in
+``cli_crisis``) and ``up``.
 
 Exit codes: 0 success, 1 a check failed (a document does not verify),
 2 bad usage or unreadable input. Errors are one line on stderr, never a traceback.
@@ -237,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clients.cli_messages import add_message_verbs
 
     add_message_verbs(parser, commands)
+    from clients.cli_crisis import add_crisis_verbs
+
+    add_crisis_verbs(commands)
     from clients.cli_audit import add_audit_verbs
 
     add_audit_verbs(commands)

@@ -950,7 +950,7 @@ def add_message_verbs(
     parser.add_argument(
         "--demo-dir",
         metavar="DIR",
-        help=f"for send, inbox, status: the 'ssr up' data folder to take keys, authority "
+        help=f"for the message and crisis verbs: the 'ssr up' data folder to take keys, authority "
         f"key, NATS URL, state folder and policy from (${ENV_DEMO_DIR})",
     )
 

@@ -1061,16 +1061,23 @@ class Client:
             on_state=self._on_state,
         )
         self._transport = transport
-        try:
-            await self._refresh_directory()
-        except Unavailable:
-            pass
-        except DirectoryRefused as exc:  # keep the verified chain; the bad version is not adopted
-            if self._directory is None:
-                raise
-            log.warning("%s: %s", self.actor, exc.message)
+        deadline = time.monotonic() + timeout
+        problem = "the broker's directory bucket holds no directory version yet"
+        while True:
+            try:
+                await self._refresh_directory()
+            except Unavailable as exc:  # e.g. a KV read timing out on a loaded server
+                problem = f"the broker's directory bucket cannot be read: {exc.message}"
+            except DirectoryRefused as exc:  # keep the verified chain; never adopt a bad one
+                if self._directory is None:
+                    raise
+                log.warning("%s: %s", self.actor, exc.message)
+            # With a cached directory, go on (and catch up later); without one, keep trying.
+            if self._directory is not None or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.2)
         if self._directory is None:
-            raise Unavailable("the broker's directory bucket holds no directory version yet")
+            raise Unavailable(problem)
         self._online.set()
         self._outbox_ready.set()
         log.info("%s: connected to NATS (directory v%d)", self.actor, self._directory.version)

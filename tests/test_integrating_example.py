@@ -230,7 +230,7 @@ async def test_guide_session_runs_against_a_broker(
     workdir.mkdir()
     (workdir / ".ssr-data").symlink_to(demo_dir(broker_factory), target_is_directory=True)
     monkeypatch.chdir(workdir)
-    # The guide's last block talks to the example running as nacka (section 12).
+    # The guide's last block talks to the example running as nacka (section 13).
     desk = await start_desk(workdir / ".ssr-data", "nacka")
     session: dict[str, object] = {"__name__": "__main__"}
     try:
