@@ -89,7 +89,7 @@ class DemoActor:
             content_type="application/json",
             created=now,
             expires=now + 24 * HOUR_MS,
-            **kw,
+            **kw,  # type: ignore[arg-type]  # the scenario's own extras (incident, control, …)
         )
 
     async def submit(self, data: bytes, key: str) -> None:

@@ -11,11 +11,12 @@ they have seen after it).
 
 Every accepted envelope naming an incident gets an index entry in KV ``ssr_index``
 (``<incident>.<message id>``: header metadata only), which clients compare with
-what they hold. An ``activation`` that adds participants asks the originator of every
-still-valid, grantable message of the incident for a key grant (a ``grant_request``
-notice, dedupe id ``n.<message>.grant.<newcomer>``), and audits the messages a
-newcomer may not have (``grant_refused``). A reply to a ``request`` with a deadline is
-recorded as that recipient's answer.
+what they hold. An ``activation`` that adds participants queues each newcomer (KV
+``ssr_state``, ``join.<incident>.<newcomer>``); :meth:`Router.process_joins` later asks
+the originator of every still-valid, grantable message of the incident it lacks for a
+key grant (a ``grant_request`` notice, dedupe id ``n.<message>.grant.<newcomer>``) and
+audits the messages a newcomer may not have (``grant_refused``). A reply to a ``request``
+with a deadline is recorded as that recipient's answer.
 
 For a receipt: verify, match it to the message record, record it (compare and
 set), forward it to the original sender. For a key grant (``G``): verify it, check it
@@ -92,14 +93,19 @@ def wall_clock_ms() -> int:
 
 class Join(BaseModel):
     """A newcomer to an incident whose grant requests are not all sent yet (KV
-    ``join.<incident>.<newcomer>``); ``offset`` counts the messages already handled."""
+    ``join.<incident>.<newcomer>``). ``handled`` counts the messages already handled and
+    ``before`` is the ``(created, id)`` of the last of them (at first, of the activation
+    that added the newcomer: messages sent later left it out on purpose): the next batch
+    starts below it, so a message that expires meanwhile cannot shift another past the
+    place."""
 
     model_config = ConfigDict(extra="forbid")
 
     incident: str
     newcomer: str
     activation: str
-    offset: int = 0
+    handled: int = 0
+    before: tuple[int, str] | None = None
 
 
 class MessageRecord(BaseModel):
@@ -406,7 +412,14 @@ class Router:
             # from :meth:`process_joins`, after the incident is written (a grant arriving at
             # another broker finds the newcomer a participant) and off the routing path.
             for newcomer in newcomers(previous, incident):
-                join = Join(incident=incident.id, newcomer=newcomer, activation=header.id)
+                # Only what was sent before it joined: later messages that leave a
+                # participant out do so on purpose.
+                join = Join(
+                    incident=incident.id,
+                    newcomer=newcomer,
+                    activation=header.id,
+                    before=(header.created, header.id),
+                )
                 await self.bus.kv_put(
                     subjects.STATE_BUCKET,
                     subjects.join_key(incident.id, newcomer),
@@ -493,32 +506,34 @@ class Router:
         if incident is None or not incident.is_open or join.newcomer not in incident.participants:
             await self.bus.kv_delete(subjects.STATE_BUCKET, key)
             return 0
-        entries = sorted(
+        lacking = sorted(
             (
                 e
                 for e in await self._index_entries(join.incident)
                 if e.expires > now
                 and e.sender != join.newcomer
                 and join.newcomer not in e.recipients
+                and (join.before is None or (e.created, e.id) < join.before)
             ),
             key=lambda e: (e.created, e.id),
             reverse=True,
         )
-        if len(entries) > MAX_GRANT_REQUESTS and join.offset == 0:
+        if join.handled == 0 and len(lacking) > MAX_GRANT_REQUESTS:
             log.warning(
                 "%s joined incident %s: %d older messages not offered for a grant",
                 join.newcomer,
                 join.incident,
-                len(entries) - MAX_GRANT_REQUESTS,
+                len(lacking) - MAX_GRANT_REQUESTS,
             )
-        batch = entries[:MAX_GRANT_REQUESTS][join.offset : join.offset + budget]
+        batch = lacking[: min(budget, MAX_GRANT_REQUESTS - join.handled)]
         for entry in batch:
             await self._request_grant(entry, join.newcomer, now)
-        offset = join.offset + len(batch)
-        if offset >= min(len(entries), MAX_GRANT_REQUESTS):
+        handled = join.handled + len(batch)
+        if len(batch) == len(lacking) or handled >= MAX_GRANT_REQUESTS:
             await self.bus.kv_delete(subjects.STATE_BUCKET, key)
         else:  # a crash before this repeats at most one batch, under the same dedupe ids
-            done = join.model_copy(update={"offset": offset})
+            last = batch[-1]
+            done = join.model_copy(update={"handled": handled, "before": (last.created, last.id)})
             await self.bus.kv_put(subjects.STATE_BUCKET, key, done.model_dump_json().encode())
         return len(batch)
 
@@ -854,10 +869,14 @@ class Router:
             # counts once.
             header = record.parsed_header()
             if missing:
-                await self._chase(record, NoticeKind.ESCALATION, AuditKind.ESCALATION, missing)
+                await self._chase(
+                    record, header, NoticeKind.ESCALATION, AuditKind.ESCALATION, missing
+                )
                 record.escalated = True
             if unanswered:
-                await self._chase(record, NoticeKind.OVERDUE, AuditKind.REQUEST_OVERDUE, unanswered)
+                await self._chase(
+                    record, header, NoticeKind.OVERDUE, AuditKind.REQUEST_OVERDUE, unanswered
+                )
             record.overdue = record.overdue or bool(unanswered)
             try:
                 await self.bus.kv_update(
@@ -874,10 +893,14 @@ class Router:
         return sent
 
     async def _chase(
-        self, record: MessageRecord, notice: NoticeKind, kind: AuditKind, late: tuple[str, ...]
+        self,
+        record: MessageRecord,
+        header: Header,
+        notice: NoticeKind,
+        kind: AuditKind,
+        late: tuple[str, ...],
     ) -> None:
         """Tell a sender which recipients missed a deadline, and audit it."""
-        header = record.parsed_header()
         await self._notify(
             header.sender,
             record.header.encode(),

@@ -31,10 +31,11 @@ MESSAGES_BUCKET = "ssr_messages"
 INDEX_BUCKET = "ssr_index"
 MODE_KEY = "mode"
 CURRENT_DIRECTORY_KEY = "current"
+INCIDENT_PATTERN = "incident.>"  # every incident record in ``ssr_state``
+JOIN_PATTERN = "join.>"  # every queued late joiner in ``ssr_state``
 
 _TOKEN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
-INCIDENT_PATTERN = "incident.>"
 
 
 def submit_subject(actor: str) -> str:
@@ -59,9 +60,6 @@ def actor_of_submit(subject: str) -> str | None:
 
 def incident_key(incident_id: str) -> str:
     return f"incident.{_token(incident_id)}"
-
-
-JOIN_PATTERN = "join.>"
 
 
 def join_key(incident_id: str, actor: str) -> str:

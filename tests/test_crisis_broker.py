@@ -665,3 +665,50 @@ async def test_the_sweep_visits_every_record_in_turn(service: Service, net: Acto
     assert chased == 3
     overdue = await notices(service, "nacka", NoticeKind.OVERDUE, 3)
     assert {n.message for n in overdue} == set(asked)
+
+
+async def test_a_message_expiring_between_batches_does_not_skip_another(
+    broker_factory: BrokerFactory, actors: Actors
+) -> None:
+    """The join keeps its place by the last message it handled, not by a position in the
+    list: a message that expires between two batches does not shift an older one past it."""
+    service = await broker_factory(sweep_interval_s=3600.0, join_interval_s=3600.0)
+    net = await actors.start()
+    assert service.router is not None
+    incident = "storm-expiring"
+    await activate(net, incident, ["nacka", "stockholm"])
+    now = now_ms()
+    short = seal(net, "nacka", ["stockholm"], incident=incident, created=now,
+                 expires=now + 60_000)  # fmt: skip
+    older = [
+        seal(net, "nacka", ["stockholm"], incident=incident, created=now - 10_000 + i)
+        for i in range(3)
+    ]
+    for sealed in [*older, short]:
+        await accepted(net, "nacka", sealed.raw)
+    await activate(net, incident, ["nacka", "stockholm", "solna"])
+    assert await service.router.process_joins(budget=2) == 2  # short and the first activation
+    service.router.clock = lambda: now_ms() + 120_000  # short has expired
+    assert await service.router.process_joins(budget=10) == 3  # the three older reports
+    assert await join_keys(service) == []
+    requests = await notices(service, "nacka", NoticeKind.GRANT_REQUEST, 4)
+    assert {n.message for n in requests} == {header(net, s.raw).id for s in [*older, short]}
+
+
+async def test_messages_sent_after_the_join_are_not_offered(
+    broker_factory: BrokerFactory, actors: Actors
+) -> None:
+    """A message sent after the newcomer joined, without it, left it out on purpose."""
+    service = await broker_factory(sweep_interval_s=3600.0, join_interval_s=3600.0)
+    net = await actors.start()
+    assert service.router is not None
+    incident = "storm-after"
+    await activate(net, incident, ["nacka", "stockholm"])
+    before = seal(net, "nacka", ["stockholm"], incident=incident)
+    await accepted(net, "nacka", before.raw)
+    joined = await activate(net, incident, ["nacka", "stockholm", "solna"])
+    after = seal(net, "nacka", ["stockholm"], incident=incident, created=joined.created + 1)
+    await accepted(net, "nacka", after.raw)
+    assert await service.router.process_joins() == 2  # the first activation and `before`
+    [request] = await notices(service, "nacka", NoticeKind.GRANT_REQUEST, 1)
+    assert request.message == header(net, before.raw).id

@@ -25,10 +25,10 @@ only then JSON parsing, header checks, unwrapping and decryption.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Annotated, Final, Literal, ParamSpec, Self
 
 from pydantic import Field, model_validator
 
@@ -50,6 +50,7 @@ from .vocabulary import MessageType, Mode, Priority, ReferenceKind, Status
 from .wire import Hash, HexId, Millis, Recipients, Slug, WireModel
 
 ENVELOPE_VERSION: Final = 1
+P = ParamSpec("P")
 ContentType = Annotated[str, Field(pattern=r"^[a-z]+/[a-z0-9.+-]+$", max_length=100)]
 
 
@@ -191,11 +192,6 @@ class SealedEnvelope:
     content_key: bytes = field(repr=False)
 
 
-def build_envelope(**kwargs: Any) -> bytes:
-    """Sign and encrypt one message (arguments as for :func:`seal_envelope`)."""
-    return seal_envelope(**kwargs).raw
-
-
 def seal_envelope(
     *,
     sender: Identity,
@@ -251,6 +247,18 @@ def seal_envelope(
         frame.Kind.ENVELOPE, sender.signing, (header_bytes, wraps.to_bytes(), ciphertext)
     )
     return SealedEnvelope(raw, content_key)
+
+
+def _without_key(seal: Callable[P, SealedEnvelope]) -> Callable[P, bytes]:
+    def build(*args: P.args, **kwargs: P.kwargs) -> bytes:
+        return seal(*args, **kwargs).raw
+
+    return build
+
+
+build_envelope = _without_key(seal_envelope)
+"""Sign and encrypt one message (arguments as for :func:`seal_envelope`); the envelope's
+bytes only, for senders that need not keep the content key."""
 
 
 def wrap_for(content_key: bytes, recipient: RecipientKey, rand: Random = SYSTEM_RANDOM) -> Wrap:

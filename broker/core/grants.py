@@ -104,9 +104,9 @@ def make_grant(
 ) -> bytes:
     """Grant ``envelope`` (sent by ``me``, naming an incident) to ``newcomer``.
 
-    Raises :class:`GrantError`: ``grant_not_originator``, ``grant_no_incident``,
-    ``grant_already_recipient``, ``grant_not_allowed`` (label, TLP or newcomer),
-    ``grant_malformed``.
+    Raises :class:`GrantError`: the envelope's own codes when the original does not
+    verify, ``grant_not_originator``, ``grant_no_incident``, ``grant_already_recipient``,
+    ``grant_not_allowed`` (label, TLP or newcomer), ``grant_malformed``.
     """
     try:
         signed = read_envelope(envelope, directory)

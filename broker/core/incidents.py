@@ -128,7 +128,8 @@ def opened_by(header: Header, previous: Incident | None) -> Incident:
 
 
 def newcomers(previous: Incident | None, current: Incident) -> tuple[str, ...]:
-    """Actors taking part in ``current`` who did not in ``previous`` (late joiners)."""
+    """Actors taking part in ``current`` who did not in ``previous`` (late joiners); none
+    when ``previous`` is None, since the participants of a new incident received all of it."""
     before = set(previous.participants) if previous is not None else set(current.participants)
     return tuple(p for p in current.participants if p not in before)
 

@@ -210,9 +210,9 @@ class Policy(_PolicyModel):
         cls, value: dict[str, IncidentType], info: ValidationInfo
     ) -> dict[str, IncidentType]:
         ladder, ceiling = info.data.get("ladder"), info.data.get("ceiling")
+        if ladder is None:  # the ladder itself was refused; that error is reported
+            return value
         for type_id, template in value.items():
-            if ladder is None:
-                continue
             if template.classification not in ladder:
                 raise ValueError(
                     f"{type_id}: classification {template.classification!r} is not on the ladder"
