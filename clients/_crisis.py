@@ -156,7 +156,7 @@ class ImportResult:
     admitted: int  # new messages for this actor, handed to the application
     duplicates: int  # already seen (from NATS or an earlier import)
     not_for_me: int  # addressed to other actors: skipped
-    refused: int  # did not verify, open or pass the label check
+    refused: int  # did not verify or open, or the broker's policy refuses it
 
 
 def _text(payload: bytes | None) -> str | None:

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from broker.core import IncidentEntry, Policy, Priority, Status, Tlp
-from broker.core.bundles import MAX_BUNDLE_BYTES
 from broker.core.wire import SLUG_PATTERN
 from clients.cli import EXIT_CHECK_FAILED, EXIT_OK, CliError
 from clients.cli_messages import (
@@ -68,10 +67,10 @@ from clients.cli_messages import (
 )
 
 from . import Client, DeliveryTimeout, Rejected, SendError, SendHandle
+from ._bundles import MAX_BUNDLE_FILE_BYTES
 from ._crisis import PressLine, RequestStatus, SituationEntry, SituationPicture
 
 EXCERPT_CHARS = 60  # the text column of the situation and press tables
-MAX_BUNDLE_FILE_BYTES = MAX_BUNDLE_BYTES + 256  # the frame around the largest bundle body
 
 
 # --- values --------------------------------------------------------------------------------------
@@ -149,7 +148,23 @@ async def _verdict(
     data: dict[str, Any],
     text: str,
 ) -> int:
-    """Wait for the broker's verdict on ``handle``; print ``data`` and ``text`` when accepted."""
+    """Wait for the broker's verdict on ``handle``; print ``data`` and ``text`` when
+    accepted. Queued receipts get what is left of ``deadline`` to leave, either way."""
+    try:
+        return await _accepted(args, client, handle, deadline, timeout, data, text)
+    finally:
+        await _flush_quietly(client, min(deadline - time.monotonic(), RECEIPT_FLUSH_S))
+
+
+async def _accepted(
+    args: argparse.Namespace,
+    client: Client,
+    handle: SendHandle,
+    deadline: float,
+    timeout: float,
+    data: dict[str, Any],
+    text: str,
+) -> int:
     try:
         await _waiting(handle, "accepted", deadline)
     except Rejected as exc:
@@ -242,10 +257,7 @@ def cmd_activate(args: argparse.Namespace) -> int:
                 f"incident {incident} ({kind}{mark}) activated: message {handle.message_id} "
                 f"accepted for {len(handle.recipients)} recipient(s), {_label_text(label)}"
             )
-            try:
-                return await _verdict(args, client, handle, deadline, timeout, data, text)
-            finally:
-                await _flush_quietly(client, min(deadline - time.monotonic(), RECEIPT_FLUSH_S))
+            return await _verdict(args, client, handle, deadline, timeout, data, text)
 
     return _run(args, work)
 
@@ -427,10 +439,7 @@ def cmd_request(args: argparse.Namespace) -> int:
                 f"request {handle.message_id}: accepted by the broker for "
                 f"{len(handle.recipients)} recipient(s); answers due by {_local(due)}"
             )
-            try:
-                return await _verdict(args, client, handle, deadline, timeout, data, text)
-            finally:
-                await _flush_quietly(client, min(deadline - time.monotonic(), RECEIPT_FLUSH_S))
+            return await _verdict(args, client, handle, deadline, timeout, data, text)
 
     return _run(args, work)
 
@@ -513,10 +522,7 @@ def cmd_press_draft(args: argparse.Namespace) -> int:
                 f"{len(handle.recipients)} recipient(s); the communication lead approves it "
                 f"with 'ssr press approve {handle.message_id}'"
             )
-            try:
-                return await _verdict(args, client, handle, deadline, timeout, data, shown)
-            finally:
-                await _flush_quietly(client, min(deadline - time.monotonic(), RECEIPT_FLUSH_S))
+            return await _verdict(args, client, handle, deadline, timeout, data, shown)
 
     return _run(args, work)
 
@@ -546,10 +552,7 @@ def cmd_press_approve(args: argparse.Namespace) -> int:
                 f"press line {draft_id} approved: message {handle.message_id} accepted for "
                 f"{len(handle.recipients)} recipient(s), {_label_text(label)}"
             )
-            try:
-                return await _verdict(args, client, handle, deadline, timeout, data, shown)
-            finally:
-                await _flush_quietly(client, min(deadline - time.monotonic(), RECEIPT_FLUSH_S))
+            return await _verdict(args, client, handle, deadline, timeout, data, shown)
 
     return _run(args, work)
 
@@ -710,7 +713,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         _out(args, data, text)
         if counts["refused"]:
             raise CliError(
-                f"bundle {path}: {counts['refused']} item(s) did not verify and were dropped",
+                f"bundle {path}: {counts['refused']} item(s) refused (did not verify or open, "
+                "or the policy refuses them; see the log) and dropped",
                 EXIT_CHECK_FAILED,
             )
         return EXIT_OK
@@ -812,7 +816,7 @@ def add_crisis_verbs(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "request",
         help="ask for information with a deadline",
         description="Send a request whose recipients should answer by --answer-by; "
-        "unanswered recipients are escalated to you when it passes ('ssr requests').",
+        "when it passes, the broker tells you who has not answered ('ssr requests').",
     )
     address = request.add_argument_group("addressees")
     address.add_argument("--to", action="append", metavar="ACTOR", help="actor id (repeatable)")

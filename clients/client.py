@@ -40,10 +40,11 @@ What happens underneath (see ``docs/integrating.md`` and ``schemas/PROTOCOL.md``
   :meth:`Client.situation` builds the lägesbild, :meth:`Client.requests` shows who
   answered, the press-line methods draft, approve and list press lines, and
   :meth:`Client.export_bundle` / :meth:`Client.import_bundle` carry envelopes offline.
-  When an actor joins an incident late, the broker asks each originator for a key
-  grant; the originator's client checks the request against its own archive and
-  sends a ``G`` frame, which the newcomer opens as a :class:`Message` with
-  ``granted`` set.
+  When an actor joins an incident late, the broker queues it and then asks each
+  originator for key grants (a ``grant_request`` notice); the originator's client
+  decides from its own archive (:mod:`clients._grants`) and sends a ``G`` frame,
+  which the newcomer opens as a :class:`Message` with ``granted`` set. Bundles
+  (:mod:`clients._bundles`) are admitted the way NATS deliveries are.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ import json
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -65,7 +66,6 @@ from broker import subjects
 from broker.core import (
     Control,
     CoreError,
-    ForwardOrigin,
     Header,
     Identity,
     Incident,
@@ -85,7 +85,6 @@ from broker.core import (
     Reference,
     ReferenceKind,
     Reject,
-    SignedEnvelope,
     Status,
     Tlp,
     VerifiedDirectory,
@@ -107,10 +106,9 @@ from broker.core import (
     verify_notice,
     verify_receipt,
 )
-from broker.core.bundles import MAX_BUNDLE_BYTES, MAX_BUNDLE_ITEMS
-from broker.core.incidents import closed_by, opened_by
+from broker.core.bundles import MAX_BUNDLE_ITEMS
 
-from . import _crisis, _inputs
+from . import _bundles, _crisis, _grants, _inputs
 from ._archive import Archive, ArchivedMessage, Direction
 from ._crisis import ImportResult, PressLine, RequestStatus, SituationPicture
 from ._errors import (
@@ -128,6 +126,7 @@ from ._errors import (
     StoreError,
     Unavailable,
 )
+from ._grants import GrantRequest, PendingGrants, Refuse, Wait
 from ._handles import MessageStatus, RecipientStatus, SendHandle, SendState, wait_for_event
 from ._inbox import Inbox
 from ._message import Message
@@ -223,12 +222,12 @@ class Client:
         self._arrived = asyncio.Event()
         self._online = asyncio.Event()
         self._closed = False
-        self.refused = 0  # envelopes received that did not verify, open or pass the label check
+        self.refused = 0  # frames received or imported that did not verify, open or pass the checks
         self.grants_made = 0  # key grants sent to late joiners
         self.grants_refused = 0  # grant requests refused (reason logged)
-        # Grant requests whose newcomer this client has not yet seen activated, by
-        # (message id, newcomer); retried when an activation of the incident arrives.
-        self._pending_grants: OrderedDict[tuple[str, str], NoticeBody] = OrderedDict()
+        # Grant requests whose newcomer this client has not yet seen activated; retried
+        # when an activation of the incident arrives.
+        self._pending_grants = PendingGrants(MAX_PENDING_GRANTS)
 
     @classmethod
     def connect(cls, **kwargs: Any) -> Client:
@@ -642,8 +641,9 @@ class Client:
     async def situation(self, incident: str) -> SituationPicture:
         """The incident's lägesbild from this client's archive (its own reports too).
 
-        ``missing`` lists what the broker's incident index says this actor sent or was
-        sent and the archive lacks (None, with ``online`` False, when NATS is away).
+        ``missing`` lists what the broker's incident index (KV bucket ``ssr_index``) says
+        this actor sent or was sent and the archive lacks (None, with ``online`` False,
+        when NATS is away or the index cannot be read).
 
             >>> picture = await client.situation("storm-2027-01")        # doctest: +SKIP
             >>> {actor: e.text for actor, e in picture.current.items()}  # doctest: +SKIP
@@ -684,22 +684,14 @@ class Client:
         )
 
     def _payload(self, row: ArchivedMessage, now: int) -> bytes | None:
-        """Decrypt an archived message, or None if it no longer opens: received with this
-        actor's key, sent with the kept content key, granted with the granted key."""
+        """Decrypt an archived message, or None if it no longer opens: sent with the kept
+        content key, received with this actor's key, granted with the granted key."""
         try:
             if row.direction is Direction.SENT:
                 if row.content_key is None:
                     return None
                 return decrypt_own(read_envelope(row.data, self.directory), row.content_key).payload
-            if row.direction is Direction.GRANTED:
-                grant = verify_grant(
-                    row.data,
-                    self.directory,
-                    now=now,
-                    max_envelope_bytes=self.policy.limits.max_envelope_bytes,
-                )
-                return self._open_grant(grant, now).payload
-            return self._open(row.data, now).payload
+            return self._open_frame(row.data, now).payload
         except CoreError:
             return None
 
@@ -838,7 +830,7 @@ class Client:
             data = make_bundle(self.identity, frames, created=now, incident=incident)
         except CoreError as exc:
             raise BundleFileError(exc.message, code=exc.code) from exc
-        await asyncio.to_thread(_write_new, Path(path), data)
+        await asyncio.to_thread(_bundles.write_new, Path(path), data)
         return len(frames)
 
     async def import_bundle(self, path: str | os.PathLike[str]) -> ImportResult:
@@ -863,42 +855,37 @@ class Client:
         refused item is counted (``refused``) and logged, never archived, receipted or
         admitted.
 
+            >>> result = await client.import_bundle("storm.ssrb")  # doctest: +SKIP
+
         Raises :class:`BundleRefused`, :class:`BundleFileError` (``io``).
         """
         self._require_open()
         archive = self._require_archive()
-        data = await asyncio.to_thread(_read_bounded, Path(path), MAX_BUNDLE_BYTES + 256)
+        data = await asyncio.to_thread(
+            _bundles.read_bounded, Path(path), _bundles.MAX_BUNDLE_FILE_BYTES
+        )
         now = _now_ms()
         try:
             bundle = verify_bundle(data, self.directory, now=now)
         except CoreError as exc:
             raise BundleRefused(f"bundle refused: {exc.message}", code=exc.code) from exc
-        counts = {"admitted": 0, "duplicate": 0, "not_for_me": 0, "refused": 0}
-        limit = self.policy.limits.max_envelope_bytes
-        # (created, id, frame, the envelope to decide on, for this actor)
-        items: list[tuple[int, str, bytes, SignedEnvelope, bool]] = []
-        for item in bundle.items:
-            try:
-                if item[4:5] == b"G":
-                    grant = verify_grant(item, self.directory, now=now, max_envelope_bytes=limit)
-                    envelope, mine = grant.envelope, grant.body.recipient == self.actor
-                else:
-                    envelope = read_envelope(item, self.directory, max_bytes=limit)
-                    mine = self.actor in envelope.header.recipients
-            except CoreError as exc:
-                log.warning("%s: refused a bundled item (%s)", self.actor, exc.code)
-                self.refused += 1
-                counts["refused"] += 1
-                continue
-            items.append((envelope.header.created, envelope.header.id, item, envelope, mine))
-        items.sort(key=lambda i: (i[0], i[1]))
+        items, unreadable = _bundles.read_items(
+            bundle.items,
+            self.directory,
+            me=self.actor,
+            now=now,
+            max_envelope_bytes=self.policy.limits.max_envelope_bytes,
+        )
+        for code in unreadable:
+            log.warning("%s: refused a bundled item (%s)", self.actor, code)
+        self.refused += len(unreadable)
+        counts = Counter({"refused": len(unreadable)})
         incidents: dict[str, Incident] = {}
         looked: set[str] = set()
-        for _, _, item, envelope, mine in items:
+        for item in items:
             self._require_open()
-            header = envelope.header
-            steering = header.type in (MessageType.ACTIVATION, MessageType.INCIDENT_CLOSE)
-            if not mine and not steering:
+            header = item.header
+            if not item.mine and not item.steering:
                 counts["not_for_me"] += 1
                 continue
             if header.incident is not None and header.incident not in looked:
@@ -906,9 +893,9 @@ class Client:
                 view = await self._verified_incident(header.incident)
                 if view is not None:
                     incidents[header.incident] = view
-            origin, draft = await asyncio.to_thread(self._originals, archive, header)
+            origin, draft = await asyncio.to_thread(_bundles.originals, archive, header)
             decision = decide(
-                envelope.raw,
+                item.envelope.raw,
                 directory=self.directory,
                 policy=self.policy,
                 mode=Mode.ORDINARY,
@@ -927,40 +914,22 @@ class Client:
                 self.refused += 1
                 counts["refused"] += 1
                 continue
-            if not mine:
+            if not item.mine:
                 outcome = "not_for_me"
-            elif item[4:5] == b"G":
-                outcome = await self._granted(item, now)
+            elif item.granted:
+                outcome = await self._granted(item.frame, now)
             else:
-                outcome = await self._envelope(item, now)
-            if steering and header.incident is not None and outcome != "refused":
-                previous = incidents.get(header.incident)
-                if header.type is MessageType.ACTIVATION:
-                    incidents[header.incident] = opened_by(header, previous)
-                elif previous is not None:
-                    incidents[header.incident] = closed_by(previous, header.created)
+                outcome = await self._envelope(item.frame, now)
+            if item.steering and outcome != "refused":
+                _bundles.steer(incidents, header)
             counts[outcome] += 1
-        log.info("%s: imported bundle %s: %s", self.actor, path, counts)
+        log.info("%s: imported bundle %s: %s", self.actor, path, dict(counts))
         return ImportResult(
             admitted=counts["admitted"],
             duplicates=counts["duplicate"],
             not_for_me=counts["not_for_me"],
             refused=counts["refused"],
         )
-
-    @staticmethod
-    def _originals(
-        archive: Archive, header: Header
-    ) -> tuple[ForwardOrigin | None, ForwardOrigin | None]:
-        """The archived original of a forward and the draft of an approval, if held."""
-        found: list[ForwardOrigin | None] = []
-        control = header.control
-        approval = control is not None and control.press is PressStage.APPROVED
-        updates = [r for r in header.references if r.kind is ReferenceKind.UPDATE]
-        for reference in (header.forwarded(), updates[0] if approval and updates else None):
-            row = archive.get(reference.message) if reference is not None else None
-            found.append(None if row is None else ForwardOrigin(row.header, row.header_hash))
-        return found[0], found[1]
 
     def _require_archive(self) -> Archive:
         self._require_open()
@@ -1010,23 +979,33 @@ class Client:
                 )
         return open_envelope(data, me=me, directory=self.directory, policy=self.policy, now=now)
 
+    def _open_grant(self, grant: VerifiedGrant, now: int) -> OpenedEnvelope:
+        """Open with the key pair the grant sealed the content key to (key rotation)."""
+        me = next(
+            (i for i in self.identities if i.encryption.key_id == grant.body.key_id),
+            self.identity,
+        )
+        return open_grant(grant, me=me, directory=self.directory, policy=self.policy, now=now)
+
+    def _verify_grant(self, data: bytes, now: int) -> VerifiedGrant:
+        return verify_grant(
+            data, self.directory, now=now, max_envelope_bytes=self.policy.limits.max_envelope_bytes
+        )
+
+    def _open_frame(self, data: bytes, now: int) -> OpenedEnvelope:
+        """Open an ``E`` frame for this actor, or the envelope a ``G`` frame grants it."""
+        if data[4:5] == b"G":
+            return self._open_grant(self._verify_grant(data, now), now)
+        return self._open(data, now)
+
     def _reopen(self, data: bytes, received: int) -> Message | None:
-        granted = data[4:5] == b"G"
         try:
-            if granted:
-                grant = verify_grant(
-                    data,
-                    self.directory,
-                    now=received,
-                    max_envelope_bytes=self.policy.limits.max_envelope_bytes,
-                )
-                opened = self._open_grant(grant, received)
-            else:
-                opened = self._open(data, received)
+            opened = self._open_frame(data, received)
         except CoreError as exc:  # the directory changed since it was admitted
             log.warning("%s: waiting envelope no longer opens (%s); dropped", self.actor, exc.code)
             self.refused += 1
             return None
+        granted = data[4:5] == b"G"
         return Message(opened.header, opened.header_hash, opened.payload, self, granted)
 
     async def _receipt_for(
@@ -1232,7 +1211,7 @@ class Client:
         handle = self._handles.get(body.submission)
         if handle is None:
             if body.kind is NoticeKind.REJECTED and body.reason != "replay" and body.message:
-                await self._forget_sent(body.message)  # sent before a restart, then refused
+                await self._forget_sent(body.message, body.submission)  # sent, then refused
             return
         if body.kind is NoticeKind.ACCEPTED:
             if body.header_hash == handle.header_hash:
@@ -1249,7 +1228,7 @@ class Client:
             await self._reject(handle, body)
 
     async def _reject(self, handle: SendHandle, body: NoticeBody) -> None:
-        await self._forget_sent(handle.message_id)
+        await self._forget_sent(handle.message_id, handle.submission)
         handle._set(
             SendState.REJECTED,
             Rejected(
@@ -1307,32 +1286,7 @@ class Client:
                 self.refused += 1
                 return "refused"
         assert opened is not None
-        header = opened.header
-        outbox, inbox = self._outbox, self._inbox
-        assert outbox is not None
-        assert inbox is not None
-        if await asyncio.to_thread(inbox.__contains__, header.id):
-            return "duplicate"  # a redelivery: the receipt was queued when it was first admitted
-        # Archived first: adding is idempotent, and a crash after the admission would
-        # leave the message out of the archive for good (a redelivery is a duplicate).
-        await self._archive_add(Direction.RECEIVED, header, opened.header_hash, data)
-        receipt = make_receipt(
-            self.identity, header, opened.header_hash, ReceiptKind.DELIVERED, at=now
-        )
-        # Receipt first, then the admission: a crash between them re-queues the same
-        # receipt under the same key on redelivery; the other order could lose it.
-        await asyncio.to_thread(
-            outbox.enqueue,
-            _receipt_key(header.id, self.actor, ReceiptKind.DELIVERED),
-            self._subject,
-            receipt,
-            header.expires // 1000,
-        )
-        self._outbox_ready.set()
-        if await asyncio.to_thread(inbox.admit, header.id, header.expires // 1000, data, now):
-            self._arrived.set()
-            return "admitted"
-        return "duplicate"
+        return await self._admit(Direction.RECEIVED, opened, data, now)
 
     async def _granted(self, data: bytes, now: int) -> str:
         """A key grant (``G`` frame): verify it and the envelope inside, open it, archive it
@@ -1340,12 +1294,7 @@ class Client:
         as this actor is not among the envelope's signed recipients. Returns
         ``admitted``, ``duplicate``, ``not_for_me`` or ``refused``."""
         try:
-            grant = verify_grant(
-                data,
-                self.directory,
-                now=now,
-                max_envelope_bytes=self.policy.limits.max_envelope_bytes,
-            )
+            grant = self._verify_grant(data, now)
             if grant.body.recipient != self.actor:
                 return "not_for_me"
             opened = self._open_grant(grant, now)
@@ -1353,129 +1302,148 @@ class Client:
             log.warning("%s: refused a key grant (%s)", self.actor, exc.code)
             self.refused += 1
             return "refused"
+        outcome = await self._admit(Direction.GRANTED, opened, data, now)
+        if outcome == "admitted":
+            log.info("%s: %s granted by %s", self.actor, opened.header.id, opened.header.sender)
+        return outcome
+
+    async def _admit(
+        self, direction: Direction, opened: OpenedEnvelope, data: bytes, now: int
+    ) -> str:
+        """The one admission path of a verified, opened frame (from NATS or a bundle):
+        deduplicated against the inbox, archived, its delivered receipt queued (not for a
+        grant), admitted. Returns ``admitted`` or ``duplicate``."""
         header, inbox = opened.header, self._inbox
         assert inbox is not None
         if await asyncio.to_thread(inbox.__contains__, header.id):
-            return "duplicate"
-        await self._archive_add(Direction.GRANTED, header, opened.header_hash, data)
+            return "duplicate"  # a redelivery: the receipt was queued when it was first admitted
+        # Archived first: adding is idempotent, and a crash after the admission would
+        # leave the message out of the archive for good (a redelivery is a duplicate).
+        await self._archive_add(direction, header, opened.header_hash, data)
+        if direction is Direction.RECEIVED:
+            # Receipt first, then the admission: a crash between them re-queues the same
+            # receipt under the same key on redelivery; the other order could lose it.
+            outbox = self._outbox
+            assert outbox is not None
+            receipt = make_receipt(
+                self.identity, header, opened.header_hash, ReceiptKind.DELIVERED, at=now
+            )
+            await asyncio.to_thread(
+                outbox.enqueue,
+                _receipt_key(header.id, self.actor, ReceiptKind.DELIVERED),
+                self._subject,
+                receipt,
+                header.expires // 1000,
+            )
+            self._outbox_ready.set()
         if await asyncio.to_thread(inbox.admit, header.id, header.expires // 1000, data, now):
             self._arrived.set()
-            log.info("%s: %s granted by %s", self.actor, header.id, header.sender)
             return "admitted"
         return "duplicate"
-
-    def _open_grant(self, grant: VerifiedGrant, now: int) -> OpenedEnvelope:
-        """Open with the key pair the grant sealed the content key to (key rotation)."""
-        me = next(
-            (i for i in self.identities if i.encryption.key_id == grant.body.key_id),
-            self.identity,
-        )
-        return open_grant(grant, me=me, directory=self.directory, policy=self.policy, now=now)
 
     # --- key grants for late joiners ----------------------------------------------------------
 
     async def _grant_request(self, body: NoticeBody, now: int) -> None:
         """The broker asks for a grant of ``body.message`` to ``body.recipients[0]``.
 
-        Granted only if this client sent that exact message (id and header hash, content
-        key archived) and the newcomer takes part in the open incident according to the
-        most recent activation this client itself verified, by the owner or an authority
-        (:func:`~clients._crisis.incident_from_archive`): the broker's word, or an
-        activation signed by anyone else, would let a compromised broker collect content
-        keys for anyone. Refusals are logged and
+        Decided by :func:`clients._grants.decide` from this client's own archive and its
+        verified view of the incident, never the broker's word. Refusals are logged and
         counted (:attr:`grants_refused`); a newcomer not yet seen activated waits for that
         activation (bounded by :data:`MAX_PENDING_GRANTS`).
         """
-        archive = self._archive
-        assert archive is not None
-        message = body.message or "?"
-        if body.message is None or body.header_hash is None or len(body.recipients) != 1:
-            self._refuse_grant(message, "?", "grant_request_malformed", "no message or newcomer")
-            return
-        newcomer = body.recipients[0]
-        row = await asyncio.to_thread(archive.get, body.message)
-        if row is None or row.direction is not Direction.SENT or row.content_key is None:
+        request = GrantRequest.of(body)
+        if request is None:
             self._refuse_grant(
-                message, newcomer, "grant_not_ours", "not a message this client sent"
+                body.message or "?",
+                "?",
+                Refuse("grant_request_malformed", "no message or newcomer"),
             )
             return
-        if row.header_hash != body.header_hash:
-            self._refuse_grant(message, newcomer, "grant_hash_mismatch", "another header hash")
-            return
-        if row.header.expires <= now:
-            self._refuse_grant(message, newcomer, "grant_expired", "the message has expired")
-            return
-        incident = row.header.incident
-        assert incident is not None  # a content key is archived only for incident messages
-        view = await self._verified_incident(incident)
-        if view is not None and not view.is_open:
-            self._refuse_grant(message, newcomer, "grant_incident_closed", "incident closed")
-            return
-        if view is None or newcomer not in view.participants:
-            self._pending_grants[(message, newcomer)] = body
-            while len(self._pending_grants) > MAX_PENDING_GRANTS:
-                (old, who), _ = self._pending_grants.popitem(last=False)
-                self._refuse_grant(old, who, "grant_not_participant", "never seen activated")
+        await self._answer_grant(request, now)
+
+    async def _answer_grant(self, request: GrantRequest, now: int) -> None:
+        archive = self._archive
+        assert archive is not None
+        row = await asyncio.to_thread(archive.get, request.message)
+        incident = row.header.incident if row is not None else None
+        view = await self._verified_incident(incident) if incident is not None else None
+        verdict = _grants.decide(request, row, view, now=now)
+        if isinstance(verdict, Wait):
+            for old in self._pending_grants.add(request, verdict.incident):
+                self._refuse_grant(
+                    old.message,
+                    old.newcomer,
+                    Refuse("grant_not_participant", "never seen activated"),
+                )
             log.info(
                 "%s: grant of %s to %s waits: no activation of %s seen that adds it",
-                self.actor, message, newcomer, incident,
+                self.actor, request.message, request.newcomer, verdict.incident,
             )  # fmt: skip
             return
-        self._pending_grants.pop((message, newcomer), None)
-        actor = self.directory.actor(newcomer)
-        if actor is None:
-            self._refuse_grant(message, newcomer, "grant_not_allowed", "unknown actor")
+        self._pending_grants.discard(request)
+        if isinstance(verdict, Refuse):
+            self._refuse_grant(request.message, request.newcomer, verdict)
+            return
+        row = verdict.row
+        assert row.content_key is not None
+        newcomer = self.directory.actor(request.newcomer)
+        if newcomer is None:
+            self._refuse_grant(
+                request.message, request.newcomer, Refuse("grant_not_allowed", "unknown actor")
+            )
             return
         try:
             grant = make_grant(
                 self.identity,
                 row.data,
                 row.content_key,
-                newcomer=actor,
+                newcomer=newcomer,
                 directory=self.directory,
                 policy=self.policy,
                 at=now,
             )
         except CoreError as exc:
-            self._refuse_grant(message, newcomer, exc.code, exc.message)
+            self._refuse_grant(request.message, request.newcomer, Refuse(exc.code, exc.message))
             return
         outbox = self._require_open()
         await asyncio.to_thread(
             outbox.enqueue,
-            f"g.{message}.{newcomer}",
+            f"g.{request.message}.{request.newcomer}",
             self._subject,
             grant,
             row.header.expires // 1000,
         )
         self._outbox_ready.set()
         self.grants_made += 1
-        log.info("%s: granted %s to %s", self.actor, message, newcomer)
+        log.info("%s: granted %s to %s", self.actor, request.message, request.newcomer)
 
-    async def _forget_sent(self, message_id: str) -> None:
+    async def _forget_sent(self, message_id: str, submission: str) -> None:
         """A message the broker refused never reached anyone: it leaves the archive, so
-        the workflows do not show it (a refused approval is no approval)."""
+        the workflows do not show it (a refused approval is no approval). Only when the
+        refused submission is that very envelope: a refused key grant names the granted
+        message too, and must not make its originator forget it."""
         archive = self._archive
         if archive is None:
             return
         row = await asyncio.to_thread(archive.get, message_id)
-        if row is not None and row.direction is Direction.SENT:
+        if (
+            row is not None
+            and row.direction is Direction.SENT
+            and crypto.sha256(row.data).hex() == submission
+        ):
             await asyncio.to_thread(archive.remove, message_id)
 
-    def _refuse_grant(self, message: str, newcomer: str, code: str, why: str) -> None:
+    def _refuse_grant(self, message: str, newcomer: str, refusal: Refuse) -> None:
         self.grants_refused += 1
         log.warning(
-            "%s: refused to grant %s to %s: %s (%s)", self.actor, message, newcomer, code, why
-        )
+            "%s: refused to grant %s to %s: %s (%s)",
+            self.actor, message, newcomer, refusal.code, refusal.why,
+        )  # fmt: skip
 
     async def _retry_grants(self, incident: str, now: int) -> None:
-        """An activation of ``incident`` arrived: grant what waited for it."""
-        archive = self._archive
-        assert archive is not None
-        for key, body in list(self._pending_grants.items()):
-            row = await asyncio.to_thread(archive.get, key[0])
-            if row is not None and row.header.incident == incident:
-                self._pending_grants.pop(key, None)
-                await self._grant_request(body, now)
+        """An activation of ``incident`` arrived: answer the requests that waited for it."""
+        for request in self._pending_grants.take(incident):
+            await self._answer_grant(request, now)
 
     def _overdue(self, body: NoticeBody) -> None:
         log.warning(
@@ -1611,34 +1579,3 @@ def _with_deadline(
         )
     fields = control.model_dump(exclude_none=True) if control is not None else {}
     return Control(**{**fields, "deadline": deadline})
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Create ``path`` (mode 600, never over an existing file) holding ``data``."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as exc:
-        raise BundleFileError(f"{path} exists; a bundle never overwrites", code="exists") from exc
-    except OSError as exc:
-        raise BundleFileError(f"cannot create {path}: {exc}", code="io") from exc
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        raise BundleFileError(f"cannot write {path}: {exc}", code="io") from exc
-
-
-def _read_bounded(path: Path, bound: int) -> bytes:
-    """The file's bytes; a file larger than ``bound`` is refused before it is read whole."""
-    try:
-        with path.open("rb") as file:
-            data = file.read(bound + 1)
-    except OSError as exc:
-        raise BundleFileError(f"cannot read {path}: {exc}", code="io") from exc
-    if len(data) > bound:
-        raise BundleRefused(f"{path} is larger than a bundle can be", code="bundle_too_large")
-    return data

@@ -1003,3 +1003,25 @@ async def test_a_backdated_approval_by_a_non_lead_does_not_take_precedence(
         assert (line.state, line.approved_by, line.approval_id, line.approved_text) == (
             "approved", LN, lead.message_id, "Stay indoors, call 112"
         )  # fmt: skip
+
+
+async def test_a_refused_grant_leaves_the_originators_own_message_archived(
+    crisis: Network,
+) -> None:
+    # The broker refuses a grant with a notice naming the granted message; that refuses
+    # the grant only, not the message the originator sent (and may grant to others).
+    net = crisis
+    nacka = await net.client("nacka")
+    await opened(net, "storm-8", ["nacka"])
+    report = await nacka.send(incident="storm-8", type="situation_report", payload="Kept",
+                              label="INTERN", tlp="AMBER")  # fmt: skip
+    await report.accepted(WAIT)
+    refusal = make_notice(net.region.broker, NoticeKind.REJECTED, to="nacka",
+                          submission=b"a key grant, not the envelope", at=now_ms(),
+                          message=report.message_id, reason="grant_not_participant",
+                          recipients=("solna",))  # fmt: skip
+    js = await net.js()
+    await js.publish(subjects.deliver_subject("nacka"), refusal)
+    await quiet(js, "nacka")
+    picture = await nacka.situation("storm-8")
+    assert [e.text for e in picture.history] == ["Kept"]
