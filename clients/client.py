@@ -723,8 +723,18 @@ class Client:
         """Share a draft press line with the incident's communicators and its lead.
 
         They comment with ``message.reply(text, type="communication")``; the lead makes
-        it public with :meth:`approve_press_line`.
+        it public with :meth:`approve_press_line`. A draft is never public: the lowest
+        classification or TLP:CLEAR raises :class:`SendError` (``press_line_unapproved``)
+        before anything is sent.
         """
+        classification = label.classification if isinstance(label, Label) else label
+        marking = label.tlp if isinstance(label, Label) else tlp
+        if str(marking) == Tlp.CLEAR.value or classification == self.policy.ladder[0]:
+            raise SendError(
+                f"a draft press line may not be {self.policy.ladder[0]} or TLP:CLEAR; "
+                "only the lead's approval makes it public",
+                code="press_line_unapproved",
+            )
         view = await self._incident_view(incident)
         return await self.send(
             to=_crisis.press_recipients(view, self.policy, self.directory, self.actor),

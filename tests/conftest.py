@@ -66,3 +66,16 @@ def make_envelope(region: DemoRegion, label: Label) -> EnvelopeFactory:
         return build_envelope(**args)
 
     return make
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the acceptance scenarios' figures (tests/acceptance.py) after the run."""
+    from . import acceptance
+
+    lines = acceptance.summary_lines()
+    if not lines:
+        return
+    acceptance.write_artifact()
+    terminalreporter.section("acceptance figures")
+    for line in lines:
+        terminalreporter.write_line(line)

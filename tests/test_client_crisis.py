@@ -550,6 +550,13 @@ async def test_offline_refusals_of_activate_answer_by_and_export(
         # Its own situation picture offline: nothing reported, nothing known missing.
         picture = await ln.situation("storm-1")
         assert (picture.current, picture.missing, picture.online) == ({}, None, False)
+        # A draft press line is never public, whichever marking says so.
+        depth = ln.outbox_depth
+        for marking in ({"label": "OFFENTLIG"}, {"tlp": "CLEAR"}):
+            with pytest.raises(SendError) as err:
+                await ln.draft_press_line("storm-1", "Storm update", **marking)
+            assert err.value.code == "press_line_unapproved"
+        assert ln.outbox_depth == depth
 
 
 # --- end to end: real nats-server, broker and clients ------------------------------------------
