@@ -371,6 +371,21 @@ def _error(description: str, codes: list[str]) -> Schema:
     }
 
 
+_CHALLENGE_HEADER: Final[Schema] = {
+    "WWW-Authenticate": {
+        "description": 'RFC 6750: `Bearer realm="ssr"`, with `error="invalid_token"` and '
+        "the code as `error_description` when a token or login was refused.",
+        "required": True,
+        "schema": {"type": "string", "pattern": '^Bearer realm="ssr"'},
+    }
+}
+
+
+def _unauthorized(description: str, codes: list[str]) -> Schema:
+    """A 401: the error body and the ``WWW-Authenticate`` challenge every 401 carries."""
+    return {**_error(description, codes), "headers": _CHALLENGE_HEADER}
+
+
 def _ok(description: str, schema: str) -> Schema:
     return {"description": description, "content": {_JSON_MEDIA: {"schema": _ref(schema)}}}
 
@@ -465,7 +480,7 @@ def _read(
     responses: dict[str, Schema] = {
         "200": ok,
         "400": _error("A parameter is malformed or out of range", ["bad_parameter"]),
-        "401": _error("No valid bearer token", ["unauthenticated", *_TOKEN_CODES]),
+        "401": _unauthorized("No valid bearer token", ["unauthenticated", *_TOKEN_CODES]),
     }
     if scoped:
         responses["403"] = _error("Outside the officer's scope (audited)", ["out_of_scope"])
@@ -528,7 +543,7 @@ def _paths() -> dict[str, Schema]:
                 "current directory (a revocation takes effect at once).",
                 "TokenRequest",
                 _ok("The session", "Session"),
-                {"401": _error("Login refused", auth_codes)},
+                {"401": _unauthorized("Login refused", auth_codes)},
             )
         },
         f"{_PREFIX}/messages/{{message_id}}": {
