@@ -72,6 +72,7 @@ from broker.core import (
 from broker.core.incidents import closed_by, newcomers, opened_by
 from broker.core.limits import MAX_HEADER_BYTES
 from broker.core.notices import BrokerIdentity
+from broker.core.ratelimit import SenderBudgets
 
 from . import subjects
 from .audit import AuditKind, audit_event
@@ -164,6 +165,8 @@ class Router:
         self.metrics = metrics
         self.clock = clock
         self._swept_up_to: str | None = None  # the sweep's place among the message records
+        # Each sender's delivery budget, in this process only (see _within_budget).
+        self.budgets = SenderBudgets()
 
     # --- entry ------------------------------------------------------------------------
 
@@ -175,7 +178,7 @@ class Router:
             return
         kind = data[4:5] if data[:3] == b"SSR" and len(data) >= 5 else b""
         if kind == b"R":
-            await self._receipt(actor, data)
+            await self._receipt(actor, data, redelivered=redelivered)
         elif kind == b"D":
             await self._directory(actor, data)
         elif kind == b"G":
@@ -225,6 +228,8 @@ class Router:
                 message_id=decision.message_id,
                 sender=decision.envelope.header.sender,
             )
+        if isinstance(decision, Accept):
+            decision = await self._within_budget(decision, redelivered=redelivered)
         # Counted when the message id is claimed, so finishing an interrupted attempt of our
         # own (a redelivery after a lost ack or a NATS restart) counts nothing twice.
         resumed = False
@@ -326,6 +331,40 @@ class Router:
         # Approvals for TLP:AMBER onward sharing arrive with the client library; until then
         # AMBER content reaches no actor that was not on the original.
         return ForwardOrigin(record[0].parsed_header(), record[0].header_hash)
+
+    async def _within_budget(self, decision: Accept, *, redelivered: bool) -> Accept | Reject:
+        """Charge the verified sender one delivery per recipient; refuse it over budget.
+
+        Checked before the message id is claimed, so a refused envelope leaves no record
+        and may be submitted again once the budget has refilled. Finishing our own earlier
+        attempt (a redelivery of a submission already claimed) is never refused, nor
+        charged again. The budget is this process's (``broker.core.ratelimit``).
+        """
+        envelope = decision.envelope
+        header = envelope.header
+        if redelivered:
+            found = await self._record(header.id)
+            if found is not None and found[0].header_hash == envelope.header_hash:
+                return decision
+        budget = self.state.policy.limits.sender_budget
+        verdict = self.budgets.take(
+            header.sender, len(header.recipients), now=self.clock(), budget=budget
+        )
+        if verdict.allowed:
+            return decision
+        retry = (
+            "it can never fit"
+            if verdict.retry_after_ms is None
+            else f"retry in {-(-verdict.retry_after_ms // 1000)} s"
+        )
+        return Reject(
+            Reason.RATE_LIMITED,
+            f"over the sender's budget of {budget.per_minute} deliveries a minute "
+            f"(burst {budget.burst}): {len(header.recipients)} needed, "
+            f"{verdict.available} left; {retry}",
+            message_id=header.id,
+            sender=header.sender,
+        )
 
     async def _claim(
         self, actor: str, decision: Accept, *, redelivered: bool
@@ -663,7 +702,11 @@ class Router:
 
     # --- receipts -----------------------------------------------------------------------
 
-    async def _receipt(self, actor: str, data: bytes) -> None:
+    async def _receipt(self, actor: str, data: bytes, *, redelivered: bool) -> None:
+        """Verify, record once, forward to the sender. A repeat of a receipt already
+        recorded is neither forwarded nor audited again (after JetStream's duplicate
+        window it would reach the sender once more), except on a redelivery, which may
+        finish an attempt that stopped between recording and forwarding."""
         now = self.clock()
         try:
             receipt = verify_receipt(data, self.state.directory, now=now)
@@ -685,11 +728,12 @@ class Router:
                 kinds[body.kind.value] = body.at
                 return True
 
-            # Recorded by this submission; a repeat is forwarded again, counted once.
             recorded = await self._update_record(body.message, add) is not None
         except ReceiptError as exc:
             self.metrics.receipts_rejected.labels(reason=exc.code).inc()
             await self._refuse(actor, data, AuditKind.RECEIPT_REJECTED, exc.code, exc.message)
+            return
+        if not recorded and not redelivered:
             return
         header = record.parsed_header()
         await self.bus.publish(

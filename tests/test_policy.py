@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -20,6 +21,13 @@ from broker.core.limits import (
     MAX_RECIPIENTS,
 )
 from broker.core.policy import MAX_POLICY_BYTES, Limits, Policy, RegionWide, load_policy
+from broker.core.ratelimit import (
+    DEFAULT_SENDER_BURST_DELIVERIES,
+    DEFAULT_SENDER_DELIVERIES_PER_MINUTE,
+    MAX_SENDER_BURST_DELIVERIES,
+    MAX_SENDER_DELIVERIES_PER_MINUTE,
+    Budget,
+)
 from broker.core.vocabulary import MessageType, Mode, Priority, Role
 
 
@@ -591,3 +599,111 @@ def test_policy_like_text_gives_a_policy_or_policy_error(text: str) -> None:
     else:
         assert result.ceiling in result.ladder
         assert set(result.receipt_deadlines) == set(Priority)
+
+
+# --- the sender's delivery budget (issue 9 item 11) --------------------------------------
+
+
+def test_sender_budget_defaults_and_a_file_that_sets_it() -> None:
+    assert Policy().limits.sender_budget == Budget(
+        DEFAULT_SENDER_DELIVERIES_PER_MINUTE, DEFAULT_SENDER_BURST_DELIVERIES
+    )
+    p = load_policy(
+        "[limits]\nmax_recipients = 10\n"
+        "sender_deliveries_per_minute = 60\nsender_burst_deliveries = 10\n"
+    )
+    assert p.limits.sender_budget == Budget(per_minute=60, burst=10)
+    top = load_policy(
+        f"[limits]\nmax_recipients = {MAX_RECIPIENTS}\n"
+        f"sender_deliveries_per_minute = {MAX_SENDER_DELIVERIES_PER_MINUTE}\n"
+        f"sender_burst_deliveries = {MAX_SENDER_BURST_DELIVERIES}\n"
+    )
+    assert top.limits.sender_budget == Budget(
+        MAX_SENDER_DELIVERIES_PER_MINUTE, MAX_SENDER_BURST_DELIVERIES
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "line", "words"),
+    [
+        (
+            '[limits]\nsender_deliveries_per_minute = "6000"',
+            "limits.sender_deliveries_per_minute",
+            2,
+            "valid integer",
+        ),
+        (
+            "[limits]\nsender_deliveries_per_minute = 6000.0",
+            "limits.sender_deliveries_per_minute",
+            2,
+            "valid integer",
+        ),
+        (
+            "[limits]\nsender_burst_deliveries = true",
+            "limits.sender_burst_deliveries",
+            2,
+            "valid integer",
+        ),
+        (
+            "[limits]\nsender_deliveries_per_minute = 0",
+            "limits.sender_deliveries_per_minute",
+            2,
+            "greater than or equal to 1",
+        ),
+        (
+            f"[limits]\nsender_deliveries_per_minute = {MAX_SENDER_DELIVERIES_PER_MINUTE + 1}",
+            "limits.sender_deliveries_per_minute",
+            2,
+            "less than or equal to",
+        ),
+        (
+            "[limits]\nmax_recipients = 1\n"
+            f"sender_burst_deliveries = {MAX_SENDER_BURST_DELIVERIES + 1}",
+            "limits.sender_burst_deliveries",
+            3,
+            "less than or equal to",
+        ),
+        (
+            "# budgets\n[limits]\nmax_recipients = 1\nsender_burst_deliveries = -5",
+            "limits.sender_burst_deliveries",
+            4,
+            "greater than or equal to 1",
+        ),
+        # a burst below max_recipients would refuse the largest message for ever
+        (
+            "[limits]\nsender_burst_deliveries = 63",
+            "limits.sender_burst_deliveries",
+            2,
+            "at least max_recipients (64)",
+        ),
+        (
+            "[limits]\nmax_recipients = 200\n\nsender_burst_deliveries = 100",
+            "limits.sender_burst_deliveries",
+            4,
+            "at least max_recipients (200)",
+        ),
+        (
+            "[limits]\nsender_budget = 5",
+            "limits.sender_budget",
+            2,
+            "Extra inputs",
+        ),
+    ],
+)
+def test_sender_budget_refusals(text: str, field: str, line: int, words: str) -> None:
+    error = refused(text)
+    assert error.field == field
+    assert error.line == line
+    assert words in error.message
+    assert f"policy field {field} (line {line})" in error.message
+
+
+def test_an_invalid_max_recipients_is_reported_not_the_burst() -> None:
+    error = refused("[limits]\nmax_recipients = 0\nsender_burst_deliveries = 600")
+    assert error.field == "limits.max_recipients"
+
+
+def test_deploy_policy_states_the_default_budget() -> None:
+    deployed = Path(__file__).resolve().parent.parent / "deploy" / "policy.toml"
+    limits = load_policy(deployed.read_text(encoding="utf-8")).limits
+    assert limits.sender_budget == Policy().limits.sender_budget

@@ -75,6 +75,9 @@ class Reason(StrEnum):
     PRESS_LINE_UNAPPROVED = "press_line_unapproved"
     PRESS_APPROVAL_NOT_LEAD = "press_approval_not_lead"
     PRESS_DRAFT_UNKNOWN = "press_draft_unknown"
+    # Not a decide() outcome: the router refuses a verified envelope whose sender is over
+    # its delivery budget (broker.core.ratelimit), around the pure decision.
+    RATE_LIMITED = "rate_limited"
 
 
 @dataclass(frozen=True)

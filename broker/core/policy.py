@@ -2,7 +2,8 @@
 
 It holds the classification ladder, the accreditation ceiling (default
 SEKRETESS: this software is not approved for protective-security levels),
-size and time limits, which roles may send which message types, receipt
+size and time limits, each sender's delivery budget (a fan-out flood is refused as
+``rate_limited``), which roles may send which message types, receipt
 deadlines per priority, and overlays per mode. Loading a bad file raises
 :class:`PolicyError` naming the field and, where it can, the line.
 
@@ -14,6 +15,10 @@ so it must list every priority, while a [rights] table amends the defaults)::
     id = "ssr"
     version = 1
     ceiling = "SEKRETESS"
+
+    [limits]                     # a sender's deliveries (one per recipient) per broker process
+    sender_deliveries_per_minute = 6000   # refill rate of the sender's budget
+    sender_burst_deliveries = 600         # the most at once; at least max_recipients
 
     [receipt_deadlines]          # seconds until delivery must be confirmed
     routine = 3600
@@ -68,6 +73,13 @@ from .limits import (
     MAX_NAME_CHARS,
     MAX_RECIPIENTS,
 )
+from .ratelimit import (
+    DEFAULT_SENDER_BURST_DELIVERIES,
+    DEFAULT_SENDER_DELIVERIES_PER_MINUTE,
+    MAX_SENDER_BURST_DELIVERIES,
+    MAX_SENDER_DELIVERIES_PER_MINUTE,
+    Budget,
+)
 from .vocabulary import MessageType, Mode, Priority, Role
 from .wire import Slug
 
@@ -92,6 +104,27 @@ class Limits(_PolicyModel):
         DEFAULT_CLOCK_SKEW_MS // 1000
     )
     max_lifetime_seconds: Seconds = DEFAULT_MAX_LIFETIME_MS // 1000
+    # A sender's delivery budget (broker.core.ratelimit): a fan-out flood is refused as
+    # ``rate_limited``. Enforced by each broker process on its own.
+    sender_deliveries_per_minute: Annotated[
+        int, Strict(), Field(ge=1, le=MAX_SENDER_DELIVERIES_PER_MINUTE)
+    ] = DEFAULT_SENDER_DELIVERIES_PER_MINUTE
+    sender_burst_deliveries: Annotated[
+        int, Strict(), Field(ge=1, le=MAX_SENDER_BURST_DELIVERIES)
+    ] = DEFAULT_SENDER_BURST_DELIVERIES
+
+    @field_validator("sender_burst_deliveries")
+    @classmethod
+    def _burst_fits_one_message(cls, value: int, info: ValidationInfo) -> int:
+        # A smaller burst would refuse every message to max_recipients actors for ever.
+        max_recipients = info.data.get("max_recipients")  # absent when it was invalid
+        if max_recipients is not None and value < max_recipients:
+            raise ValueError(f"must be at least max_recipients ({max_recipients})")
+        return value
+
+    @property
+    def sender_budget(self) -> Budget:
+        return Budget(self.sender_deliveries_per_minute, self.sender_burst_deliveries)
 
 
 DEFAULT_DEADLINES: dict[Priority, int] = {
