@@ -121,6 +121,7 @@ class MessageRecord(BaseModel):
     deadline: int
     receipts: dict[str, dict[str, int]] = {}  # recipient -> receipt kind -> at
     escalated: bool = False
+    routed: bool = False  # every step of routing done: a second submission is a replay
     granted: dict[str, int] = {}  # late joiner -> when its key grant was delivered
     answer_by: int | None = None  # a request's deadline (control.deadline)
     answers: dict[str, int] = {}  # recipient -> creation time of its first reply
@@ -270,6 +271,7 @@ class Router:
             priority=header.priority.value,
             incident=header.incident,
         )
+        await self._update_record(header.id, _mark_routed)
         self.metrics.routing_seconds.observe(time.perf_counter() - started)
 
     def _status(self, data: bytes) -> str:
@@ -352,6 +354,9 @@ class Router:
         )
         if verdict.allowed:
             return decision
+        found = await self._record(header.id)  # an attempt of ours to finish, never refused
+        if found is not None and _resumable(found[0], envelope.header_hash, redelivered):
+            return decision
         retry = (
             "it can never fit"
             if verdict.retry_after_ms is None
@@ -390,8 +395,8 @@ class Router:
             return decision, False
         except KvConflict:
             existing = await self._record(envelope.header.id)
-        if redelivered and existing is not None and existing[0].header_hash == envelope.header_hash:
-            return decision, True  # our own earlier attempt stopped before the ack: finish it
+        if existing is not None and _resumable(existing[0], envelope.header_hash, redelivered):
+            return decision, True  # our own earlier attempt stopped before the end: finish it
         reject = Reject(
             Reason.REPLAY,
             "message id already seen",
@@ -1029,6 +1034,21 @@ def _answer_by(header: Header) -> int | None:
     if header.type is not MessageType.REQUEST or header.control is None:
         return None
     return header.control.deadline
+
+
+def _resumable(record: MessageRecord, header_hash: str, redelivered: bool) -> bool:
+    """Whether a submission whose id is already claimed finishes an earlier attempt of
+    ours rather than replaying the message: the same envelope, and either JetStream
+    says it is a redelivery or the earlier attempt never reached its end (after a
+    consumer-leader failover a redelivery can arrive with a delivery count of one)."""
+    return record.header_hash == header_hash and (redelivered or not record.routed)
+
+
+def _mark_routed(record: MessageRecord) -> bool:
+    if record.routed:
+        return False
+    record.routed = True
+    return True
 
 
 def _answered(record: MessageRecord, reference: Reference, reply: Header) -> bool:

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import secrets
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
@@ -113,7 +114,7 @@ class Service:
                 startup_timeout=config.nats_startup_timeout_s,
             )
             self.metrics.nats_connected.set(1)
-            await self.bus.ensure_layout(config.streams)
+            await self._ensure_layout(config)
             self._streams_ready = True
             state = BrokerState(directory=directory, policy=policy, pinned_authority=pinned)
             self.router = Router(bus=self.bus, state=state, identity=identity, metrics=self.metrics)
@@ -247,6 +248,22 @@ class Service:
         except Exception:
             log.exception("periodic job failed")
             self.metrics.count_error("sweep")
+
+    async def _ensure_layout(self, config: BrokerConfig) -> None:
+        """Create or bind the streams and buckets, retrying within the start-up timeout: a
+        cluster that has just started may refuse to place a replicated stream until its
+        peers are current ("no suitable peers for placement")."""
+        assert self.bus is not None
+        deadline = time.monotonic() + config.nats_startup_timeout_s
+        while True:
+            try:
+                await self.bus.ensure_layout(config.streams)
+                return
+            except NatsUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("%s; trying again", exc.message)
+                await asyncio.sleep(0.5)
 
     async def _sweep(self) -> None:
         assert self.router is not None

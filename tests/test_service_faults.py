@@ -14,14 +14,17 @@ import itertools
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import nats.errors
 import nats.js.errors
 import pytest
 
+from broker import subjects
 from broker.core import Header, NoticeKind
 from broker.demo import DemoRegion
 from broker.embedded import EmbeddedNats
+from broker.errors import NatsUnavailable
 from broker.service import Service
 
 from . import nats_fixtures, service_helpers
@@ -226,3 +229,37 @@ async def test_a_stopped_broker_hands_its_in_flight_work_over_promptly(
     assert time.monotonic() - started < 10
     await assert_exactly_once(net, plan)
     assert metric(second, "ssr_broker_envelopes_accepted_total", status="actual") > 0
+
+
+async def test_an_attempt_cut_off_after_the_claim_is_finished_not_refused_as_a_replay(
+    broker_factory: BrokerFactory, actors: Actors
+) -> None:
+    """The broker claimed the message id, then lost NATS before the fan-out; the same
+    submission comes back with a delivery count of one (a consumer-leader failover can
+    forget the first delivery). It must be finished, not refused as a replay: the
+    sender's publish was acknowledged, so refusing it would lose the message."""
+    service = await broker_factory()
+    actors.receipts = False
+    net = await actors.start()
+    router = service.router
+    assert router is not None
+    data = net.envelope("nacka", ["solna", "sos-alarm"])
+    header = service_helpers.header_of(data, net.directory)
+    fan_out = router._fan_out
+
+    async def cut_off(decision: Any) -> None:
+        raise NatsUnavailable("the node went away")
+
+    router._fan_out = cut_off  # type: ignore[method-assign]
+    with pytest.raises(NatsUnavailable):
+        await router.route(subjects.submit_subject("nacka"), data, redelivered=False)
+    router._fan_out = fan_out  # type: ignore[method-assign]
+    await router.route(subjects.submit_subject("nacka"), data, redelivered=False)
+    await net.delivered(header.id, header.recipients)
+    verdicts = [(n.kind, n.reason) for n in net["nacka"].notices_about(data)]
+    assert verdicts == [(NoticeKind.ACCEPTED, None)]
+
+    # Once routing finished, the same bytes again are a replay.
+    await router.route(subjects.submit_subject("nacka"), data, redelivered=False)
+    await wait_until(lambda: len(net["nacka"].notices_about(data)) == 2, "the replay verdict")
+    assert net["nacka"].notices_about(data)[-1].reason == "replay"
