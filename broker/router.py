@@ -903,7 +903,7 @@ class Router:
             found = await self._record(key)
             if found is None:
                 continue
-            record, revision = found
+            record = found[0]
             missing = () if record.escalated or record.deadline > now else record.unconfirmed()
             unanswered = (
                 record.unanswered()
@@ -921,24 +921,20 @@ class Router:
                 await self._chase(
                     record, header, NoticeKind.ESCALATION, AuditKind.ESCALATION, missing
                 )
-                record.escalated = True
             if unanswered:
                 await self._chase(
                     record, header, NoticeKind.OVERDUE, AuditKind.REQUEST_OVERDUE, unanswered
                 )
-            record.overdue = record.overdue or bool(unanswered)
-            try:
-                await self.bus.kv_update(
-                    subjects.MESSAGES_BUCKET, key, record.model_dump_json().encode(), revision
-                )
-            except KvConflict:
-                continue  # another broker chased it, or a receipt or an answer just arrived
+            marked = _Marks(escalated=bool(missing), overdue=bool(unanswered))
+            # Compare and set: the record may have changed since it was read (a receipt, an
+            # answer, the end of routing, or another broker's sweep marking it first).
+            await self._update_record(key, marked.apply)
             labels = {"priority": header.priority.value, "status": header.status.value}
-            if missing:
+            if marked.set_escalated:
                 self.metrics.escalations.labels(**labels).inc()
-            if unanswered:
+            if marked.set_overdue:
                 self.metrics.requests_overdue.labels(**labels).inc()
-            sent += bool(missing) + bool(unanswered)
+            sent += marked.set_escalated + marked.set_overdue
         return sent
 
     async def _chase(
@@ -1042,6 +1038,24 @@ def _resumable(record: MessageRecord, header_hash: str, redelivered: bool) -> bo
     says it is a redelivery or the earlier attempt never reached its end (after a
     consumer-leader failover a redelivery can arrive with a delivery count of one)."""
     return record.header_hash == header_hash and (redelivered or not record.routed)
+
+
+@dataclass
+class _Marks:
+    """The sweep's marks on a record it chased, and which of them this sweep set (the
+    metrics count those; a mark another broker set first is not counted twice)."""
+
+    escalated: bool
+    overdue: bool
+    set_escalated: bool = False
+    set_overdue: bool = False
+
+    def apply(self, record: MessageRecord) -> bool:
+        self.set_escalated = self.escalated and not record.escalated
+        self.set_overdue = self.overdue and not record.overdue
+        record.escalated = record.escalated or self.escalated
+        record.overdue = record.overdue or self.overdue
+        return self.set_escalated or self.set_overdue
 
 
 def _mark_routed(record: MessageRecord) -> bool:
