@@ -27,10 +27,11 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from broker.core import IncidentEntry, Policy, Priority, Status, Tlp
 from broker.core.wire import SLUG_PATTERN
@@ -69,6 +70,8 @@ from clients.cli_messages import (
 from . import Client, DeliveryTimeout, Rejected, SendError, SendHandle
 from ._bundles import MAX_BUNDLE_FILE_BYTES
 from ._crisis import PressLine, RequestStatus, SituationEntry, SituationPicture
+
+T = TypeVar("T")
 
 EXCERPT_CHARS = 60  # the text column of the situation and press tables
 
@@ -199,6 +202,31 @@ async def _finish(client: Client) -> None:
 # --- activate ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Reader:
+    """What every reading verb starts from: the actor's connection, its policy and the
+    connect timeout (``--timeout``)."""
+
+    connection: Connection
+    policy: Policy
+    connect: float
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> _Reader:
+        connection = Connection.resolve(args, os.environ)
+        policy = connection.load_policy()
+        connect = parse_duration(args.timeout, "--timeout", maximum=MAX_TIMEOUT_S)
+        return cls(connection, policy, connect)
+
+    async def read(self, query: Callable[[Client], Awaitable[T]]) -> T:
+        """Run ``query`` on a client session, then let queued receipts leave."""
+        client = self.connection.client(self.policy, min(self.connect, CONNECT_TIMEOUT_S))
+        async with _session(client):
+            result = await query(client)
+            await _finish(client)
+        return result
+
+
 def cmd_activate(args: argparse.Namespace) -> int:
     connection = Connection.resolve(args, os.environ)
     policy = connection.load_policy()
@@ -266,17 +294,14 @@ def cmd_activate(args: argparse.Namespace) -> int:
 
 
 def cmd_situation(args: argparse.Namespace) -> int:
-    connection = Connection.resolve(args, os.environ)
-    policy = connection.load_policy()
-    connect = parse_duration(args.timeout, "--timeout", maximum=MAX_TIMEOUT_S)
+    reader = _Reader.of(args)
     incident = _slug(args.incident, "incident")
     settle = parse_duration(args.wait, "--wait", maximum=MAX_SETTLE_S, zero=True)
 
     async def work() -> int:
-        client = connection.client(policy, min(connect, CONNECT_TIMEOUT_S))
-        async with _session(client):
-            picture = await _settled(client, incident, time.monotonic() + settle)
-            await _finish(client)
+        picture = await reader.read(
+            lambda client: _settled(client, incident, time.monotonic() + settle)
+        )
         _show_situation(args, incident, picture)
         return EXIT_OK
 
@@ -445,19 +470,18 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 
 def cmd_requests(args: argparse.Namespace) -> int:
-    connection = Connection.resolve(args, os.environ)
-    policy = connection.load_policy()
-    connect = parse_duration(args.timeout, "--timeout", maximum=MAX_TIMEOUT_S)
+    reader = _Reader.of(args)
+    connection = reader.connection
     incident = _slug(args.incident, "--incident") if args.incident else None
     settle = parse_duration(args.wait, "--wait", maximum=MAX_SETTLE_S, zero=True)
 
+    async def query(client: Client) -> list[RequestStatus]:
+        if incident is not None:  # let the answers the broker lists arrive first
+            await _settled(client, incident, time.monotonic() + settle)
+        return await client.requests(incident)
+
     async def work() -> int:
-        client = connection.client(policy, min(connect, CONNECT_TIMEOUT_S))
-        async with _session(client):
-            if incident is not None:  # let the answers the broker lists arrive first
-                await _settled(client, incident, time.monotonic() + settle)
-            requests = await client.requests(incident)
-            await _finish(client)
+        requests = await reader.read(query)
         data = {"incident": incident, "requests": [_request_data(r) for r in requests]}
         if not requests:
             where = f" in incident {incident}" if incident else ""
@@ -570,18 +594,16 @@ async def _approve(client: Client, draft_id: str, text: str | None, deadline: fl
 
 
 def cmd_press_list(args: argparse.Namespace) -> int:
-    connection = Connection.resolve(args, os.environ)
-    policy = connection.load_policy()
-    connect = parse_duration(args.timeout, "--timeout", maximum=MAX_TIMEOUT_S)
+    reader = _Reader.of(args)
     incident = _slug(args.incident, "incident")
     settle = parse_duration(args.wait, "--wait", maximum=MAX_SETTLE_S, zero=True)
 
+    async def query(client: Client) -> list[PressLine]:
+        await _settled(client, incident, time.monotonic() + settle)
+        return await client.press_lines(incident)
+
     async def work() -> int:
-        client = connection.client(policy, min(connect, CONNECT_TIMEOUT_S))
-        async with _session(client):
-            await _settled(client, incident, time.monotonic() + settle)
-            found = await client.press_lines(incident)
-            await _finish(client)
+        found = await reader.read(query)
         data = {"incident": incident, "press_lines": [_press_data(p) for p in found]}
         if not found:
             _out(args, data, f"no press lines held for incident {incident}")
@@ -651,9 +673,7 @@ def _text_arg(value: str, policy: Policy) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    connection = Connection.resolve(args, os.environ)
-    policy = connection.load_policy()
-    connect = parse_duration(args.timeout, "--timeout", maximum=MAX_TIMEOUT_S)
+    reader = _Reader.of(args)
     incident = _slug(args.incident, "--incident") if args.incident else None
     out = Path(args.out)
     if out.exists():  # a bundle is never written over another file
@@ -662,16 +682,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CliError(f"--out {out}: folder {out.parent} does not exist")
 
     async def work() -> int:
-        client = connection.client(policy, min(connect, CONNECT_TIMEOUT_S))
-        async with _session(client):
-            count = await client.export_bundle(out, incident=incident)
-            await _finish(client)
+        count = await reader.read(lambda client: client.export_bundle(out, incident=incident))
         data = {"file": str(out), "items": count, "incident": incident}
         scope = f"incident {incident}" if incident else "every incident"
         _out(
             args,
             data,
-            f"wrote {count} item(s) of {scope} to {out}, signed by {connection.actor} "
+            f"wrote {count} item(s) of {scope} to {out}, signed by {reader.connection.actor} "
             "(the messages stay encrypted; headers are readable: keep the file safe)",
         )
         return EXIT_OK
@@ -680,9 +697,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    connection = Connection.resolve(args, os.environ)
-    policy = connection.load_policy()
-    connect = parse_duration(args.timeout, "--timeout", maximum=MAX_TIMEOUT_S)
+    reader = _Reader.of(args)
     path = Path(args.file)
     try:
         size = path.stat().st_size
@@ -694,10 +709,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise CliError(f"bundle {path}: larger than {MAX_BUNDLE_FILE_BYTES} bytes")
 
     async def work() -> int:
-        client = connection.client(policy, min(connect, CONNECT_TIMEOUT_S))
-        async with _session(client):
-            result = await client.import_bundle(path)
-            await _finish(client)
+        result = await reader.read(lambda client: client.import_bundle(path))
         counts = {
             "admitted": result.admitted,
             "duplicates": result.duplicates,
@@ -708,7 +720,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         text = (
             f"bundle {path}: {counts['admitted']} admitted (see 'ssr inbox'), "
             f"{counts['duplicates']} already held, {counts['not_for_me']} not addressed to "
-            f"{connection.actor}, {counts['refused']} refused"
+            f"{reader.connection.actor}, {counts['refused']} refused"
         )
         _out(args, data, text)
         if counts["refused"]:
