@@ -41,6 +41,8 @@ _TRANSPORT_ERRORS = (
 )
 
 
+_STORE_FAILED = 10077  # JSStreamStoreFailedF: e.g. "maximum messages per subject exceeded"
+
 T = TypeVar("T")
 
 
@@ -95,6 +97,13 @@ class KvConflict(BrokerError):
     code = "kv_conflict"
 
 
+class SubmitBacklogFull(NatsUnavailable):
+    """JetStream holds as many of this actor's submissions as the stream allows
+    (``submit_backlog_per_sender``): retry once the broker has taken some."""
+
+    code = "submit_backlog_full"
+
+
 class PublishRefused(BrokerError):
     """NATS refuses this message for good (larger than the server's max_payload)."""
 
@@ -112,6 +121,11 @@ class StreamEntry:
 class KvEntry:
     value: bytes
     revision: int
+
+
+def is_backlog_full(exc: nats.js.errors.APIError) -> bool:
+    """True for the refusal of a publish beyond a stream's per-subject limit."""
+    return exc.err_code == _STORE_FAILED and "per subject" in (exc.description or "")
 
 
 class JetStreamBus:
@@ -238,6 +252,10 @@ class JetStreamBus:
                 max_msg_size=settings.max_msg_bytes,
                 duplicate_window=settings.duplicate_window_s,
                 max_age=settings.deliver_max_age_s,
+                # A per-sender bound on the shared work queue: fairness under a flood.
+                max_msgs_per_subject=settings.submit_backlog_per_sender,
+                discard=api.DiscardPolicy.NEW,
+                discard_new_per_subject=True,
             ),
             api.StreamConfig(
                 name=subjects.DELIVER_STREAM,
@@ -307,6 +325,13 @@ class JetStreamBus:
             )
         except nats.errors.MaxPayloadError as exc:
             raise PublishRefused(f"{len(data)} bytes exceed the server's max_payload") from exc
+        except nats.js.errors.APIError as exc:
+            if is_backlog_full(exc):
+                raise SubmitBacklogFull(
+                    f"{subject}: the broker has not yet taken this sender's earlier "
+                    "submissions; retry shortly"
+                ) from exc
+            raise NatsUnavailable(f"publish to {subject} failed: {exc}") from exc
         except _TRANSPORT_ERRORS as exc:
             raise NatsUnavailable(f"publish to {subject} failed: {exc}") from exc
         return int(ack.seq)

@@ -36,12 +36,21 @@ class StreamSettings:
     duplicate_window_s: float = 600.0
     max_msg_bytes: int = 4 * 1024 * 1024 + 64 * 1024  # the hard envelope ceiling plus headers
     message_state_ttl_s: float = 31 * DAY_S  # longest lifetime a policy allows, plus a day
+    # At most this many of one actor's submissions wait in SSR_SUBMIT; JetStream refuses
+    # the next publish until the broker has taken one (the sender's outbox retries). It
+    # bounds how far a flooding sender can push others' messages back in the shared queue.
+    submit_backlog_per_sender: int = 100
 
     def __post_init__(self) -> None:
         if self.replicas not in (1, 3, 5):
             raise ConfigError("replicas must be 1, 3 or 5", field="replicas")
         if self.duplicate_window_s <= 0:
             raise ConfigError("duplicate window must be positive", field="duplicate_window_s")
+        if self.submit_backlog_per_sender < 1:
+            raise ConfigError(
+                "the submit backlog per sender must be at least 1",
+                field="submit_backlog_per_sender",
+            )
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,9 @@ class BrokerConfig:
     http_port: int = DEFAULT_HTTP_PORT
     streams: StreamSettings = field(default_factory=StreamSettings)
     fetch_batch: int = 32
+    # Submissions held at once: routed concurrently across senders, in order per sender.
+    # Above the submit backlog per sender, so one sender's backlog cannot fill it alone.
+    max_in_flight: int = 256
     ack_wait_s: float = 30.0
     max_deliver: int = 20
     sweep_interval_s: float = 5.0
@@ -62,6 +74,10 @@ class BrokerConfig:
     audit_seal_interval_s: float = 2.0  # how often new audit events are sealed
     audit_verify_interval_s: float = 60.0  # how often the whole trail is verified
     shutdown_timeout_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1:
+            raise ConfigError("max_in_flight must be at least 1", field="max_in_flight")
 
     @property
     def embedded(self) -> bool:

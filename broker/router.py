@@ -69,6 +69,7 @@ from broker.core import (
     verify_grant,
     verify_receipt,
 )
+from broker.core.envelope import claimed_type
 from broker.core.incidents import closed_by, newcomers, opened_by
 from broker.core.limits import MAX_HEADER_BYTES
 from broker.core.notices import BrokerIdentity
@@ -77,6 +78,7 @@ from broker.core.ratelimit import SenderBudgets
 from . import subjects
 from .audit import AuditKind, audit_event
 from .bus import JetStreamBus, KvConflict
+from .lanes import KeyedLocks
 from .metrics import BrokerMetrics, status_label
 
 log = logging.getLogger("ssr.router")
@@ -159,8 +161,11 @@ class Router:
         identity: BrokerIdentity,
         metrics: BrokerMetrics,
         clock: Callable[[], int] = wall_clock_ms,
+        resend_window_ms: int = 600_000,
     ) -> None:
         self.bus = bus
+        # JetStream's duplicate window: a publish repeated within it is dropped.
+        self.resend_window_ms = resend_window_ms
         self.state = state
         self.identity = identity
         self.metrics = metrics
@@ -168,6 +173,10 @@ class Router:
         self._swept_up_to: str | None = None  # the sweep's place among the message records
         # Each sender's delivery budget, in this process only (see _within_budget).
         self.budgets = SenderBudgets()
+        # Submissions are routed concurrently across senders (broker.lanes; what changes
+        # the shared state is routed alone, see is_barrier); one message record is updated
+        # by one lane at a time.
+        self._records = KeyedLocks()
 
     # --- entry ------------------------------------------------------------------------
 
@@ -186,6 +195,16 @@ class Router:
             await self._grant(actor, data)
         else:
             await self._envelope(actor, data, redelivered=redelivered)
+
+    def is_barrier(self, data: bytes) -> bool:
+        """Whether a submission may change what later ones are decided against (a mode
+        change, an activation, a close, a directory version): the service routes it alone,
+        after everything taken before it and before anything taken after it. Read from the
+        unverified header; a false claim costs only the concurrency."""
+        kind = data[4:5] if data[:3] == b"SSR" and len(data) >= 5 else b""
+        if kind == b"D":
+            return True
+        return kind == b"E" and claimed_type(data) in _STATE_CHANGING
 
     # --- envelopes --------------------------------------------------------------------
 
@@ -210,6 +229,12 @@ class Router:
 
     async def _envelope(self, actor: str, data: bytes, *, redelivered: bool) -> None:
         started = time.perf_counter()
+        decision = await self._decision(actor, data)
+        await self._accept_or_refuse(actor, data, decision, redelivered=redelivered)
+        self.metrics.routing_seconds.observe(time.perf_counter() - started)
+
+    async def _decision(self, actor: str, data: bytes) -> Accept | Reject:
+        """The policy's verdict on an envelope, with the records it may depend on read."""
         decision = self._decide(data, None)
         if await self._incident_changed(data, decision):
             decision = self._decide(data, None)
@@ -229,6 +254,11 @@ class Router:
                 message_id=decision.message_id,
                 sender=decision.envelope.header.sender,
             )
+        return decision
+
+    async def _accept_or_refuse(
+        self, actor: str, data: bytes, decision: Accept | Reject, *, redelivered: bool
+    ) -> None:
         if isinstance(decision, Accept):
             decision = await self._within_budget(decision, redelivered=redelivered)
         # Counted when the message id is claimed, so finishing an interrupted attempt of our
@@ -272,7 +302,6 @@ class Router:
             incident=header.incident,
         )
         await self._update_record(header.id, _mark_routed)
-        self.metrics.routing_seconds.observe(time.perf_counter() - started)
 
     def _status(self, data: bytes) -> str:
         """Status for metrics of a refused envelope: only when its header verifies."""
@@ -637,6 +666,12 @@ class Router:
     ) -> MessageRecord | None:
         """Apply ``change`` to a message record by compare and set; ``change`` returns False
         when there is nothing to write. Returns the record written, else None."""
+        async with self._records.hold(message_id):
+            return await self._compare_and_set(message_id, change)
+
+    async def _compare_and_set(
+        self, message_id: str, change: Callable[[MessageRecord], bool]
+    ) -> MessageRecord | None:
         for _ in range(CAS_RETRIES):
             found = await self._record(message_id)
             if found is None:
@@ -709,9 +744,12 @@ class Router:
 
     async def _receipt(self, actor: str, data: bytes, *, redelivered: bool) -> None:
         """Verify, record once, forward to the sender. A repeat of a receipt already
-        recorded is neither forwarded nor audited again (after JetStream's duplicate
-        window it would reach the sender once more), except on a redelivery, which may
-        finish an attempt that stopped between recording and forwarding."""
+        recorded is forwarded and audited again only while JetStream's duplicate window
+        still covers the receipt's time (the forward and the audit event are then dropped
+        as duplicates if they were made before) or on a redelivery: either may finish an
+        attempt that stopped between recording and forwarding (after a consumer-leader
+        failover a redelivery can arrive with a delivery count of one). A replay beyond
+        the window is not forwarded: it would reach the sender once more."""
         now = self.clock()
         try:
             receipt = verify_receipt(data, self.state.directory, now=now)
@@ -738,7 +776,7 @@ class Router:
             self.metrics.receipts_rejected.labels(reason=exc.code).inc()
             await self._refuse(actor, data, AuditKind.RECEIPT_REJECTED, exc.code, exc.message)
             return
-        if not recorded and not redelivered:
+        if not recorded and not redelivered and now - body.at > self.resend_window_ms:
             return
         header = record.parsed_header()
         await self.bus.publish(
@@ -1023,6 +1061,11 @@ _CHASE_DETAIL: dict[NoticeKind, str] = {
     NoticeKind.ESCALATION: "delivery not confirmed by the deadline",
     NoticeKind.OVERDUE: "request not answered by its deadline",
 }
+
+
+_STATE_CHANGING = frozenset(
+    t.value for t in (MessageType.MODE_CHANGE, MessageType.ACTIVATION, MessageType.INCIDENT_CLOSE)
+)
 
 
 def _answer_by(header: Header) -> int | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import signal
@@ -37,6 +38,7 @@ from .config import BrokerConfig
 from .console import add_console_routes
 from .embedded import EmbeddedNats
 from .errors import NatsUnavailable
+from .lanes import Lanes
 from .metrics import BrokerMetrics
 from .officer_api import OfficerContext, add_officer_routes
 from .router import MAX_INCIDENT_BYTES, BrokerState, Router, wall_clock_ms
@@ -57,7 +59,7 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._streams_ready = False
-        self._busy = False  # the consumer holds a fetched batch
+        self._lanes = Lanes(config.max_in_flight)  # submissions being routed
         self.sealer: AuditSealer | None = None
         self.audit_index: AuditIndex | None = None
         self.audit_watch = AuditWatch()
@@ -117,7 +119,13 @@ class Service:
             await self._ensure_layout(config)
             self._streams_ready = True
             state = BrokerState(directory=directory, policy=policy, pinned_authority=pinned)
-            self.router = Router(bus=self.bus, state=state, identity=identity, metrics=self.metrics)
+            self.router = Router(
+                bus=self.bus,
+                state=state,
+                identity=identity,
+                metrics=self.metrics,
+                resend_window_ms=int(config.streams.duplicate_window_s * 1000),
+            )
             self.sealer = AuditSealer(self.bus, identity, wall_clock_ms, lambda: state.directory)
             await self._publish_directory_files(datadir.directory_files(config))
             await self.refresh_state()
@@ -153,13 +161,16 @@ class Service:
 
     async def stop(self) -> None:
         self._stopping.set()
-        # Let the submission in hand finish (the consumer hands the rest of its batch back),
-        # so a stop never leaves work waiting out the ack wait; a consumer waiting in fetch
-        # holds nothing and is cancelled at once.
-        consume = self._tasks[0] if self._tasks else None
-        if consume is not None and self._busy:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(consume), self.config.shutdown_timeout_s)
+        # Stop taking submissions (a consumer waiting in fetch holds nothing), then let the
+        # ones being routed finish; those still waiting in a lane are handed back at once
+        # (nak), so a stop never leaves work waiting out the ack wait.
+        if self._tasks:
+            consume = self._tasks[0]
+            consume.cancel()
+            await asyncio.wait((consume,), timeout=AUX_STOP_TIMEOUT_S)
+        if not await self._lanes.drain(self.config.shutdown_timeout_s):
+            log.warning("submissions still routing at the shutdown timeout; JetStream redelivers")
+            self._lanes.cancel()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -191,49 +202,55 @@ class Service:
     # --- loops --------------------------------------------------------------------------
 
     async def _consume(self, submissions: object) -> None:
+        """Take submissions in stream order and route them in lanes: one sender's in the
+        order taken, different senders' concurrently (``broker.lanes``)."""
         assert self.bus is not None
         assert self.router is not None
-        bus, router = self.bus, self.router
+        bus, router, lanes = self.bus, self.router, self._lanes
         while not self._stopping.is_set():
+            await lanes.wait_for_room()
+            batch = min(self.config.fetch_batch, lanes.room())
             try:
-                messages = await bus.fetch(submissions, self.config.fetch_batch, timeout=1.0)  # type: ignore[arg-type]
+                messages = await bus.fetch(submissions, batch, timeout=1.0)  # type: ignore[arg-type]
             except NatsUnavailable as exc:
                 log.warning("%s", exc.message)
                 await asyncio.sleep(0.5)
                 continue
-            self._busy = True
-            try:
-                await self._route_batch(router, messages)
-            finally:
-                self._busy = False
+            except Exception:  # never stop taking submissions for good
+                log.exception("fetching submissions failed; retrying")
+                self.metrics.count_error("decide")
+                await asyncio.sleep(1.0)
+                continue
+            for msg in messages:
+                job = functools.partial(self._route_one, router, msg)
+                lanes.start(msg.subject, job, barrier=router.is_barrier(msg.data))
             pending = await bus.pending()
             if pending >= 0:
                 self.metrics.consumer_pending.set(pending)
 
-    async def _route_batch(self, router: Router, messages: list[Msg]) -> None:
-        for msg in messages:
-            if self._stopping.is_set():  # stopping: hand the rest back to other brokers now
-                with contextlib.suppress(Exception):
-                    await msg.nak()
-                continue
-            redelivered = msg.metadata.num_delivered > 1
-            if redelivered:
-                self.metrics.redelivered.inc()
-            try:
-                await router.route(msg.subject, msg.data, redelivered=redelivered)
-            except NatsUnavailable as exc:
-                log.warning("will retry a submission: %s", exc.message)
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=1.0)
-                continue
-            except Exception:  # a bug must not lose the message: retry it later
-                log.exception("routing failed; the submission will be redelivered")
-                self.metrics.count_error("decide")
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=5.0)
-                continue
-            with contextlib.suppress(Exception):  # a lost ack means a deduplicated retry
-                await msg.ack()
+    async def _route_one(self, router: Router, msg: Msg) -> None:
+        if self._stopping.is_set():  # stopping: hand it back to other brokers now
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            return
+        redelivered = msg.metadata.num_delivered > 1
+        if redelivered:
+            self.metrics.redelivered.inc()
+        try:
+            await router.route(msg.subject, msg.data, redelivered=redelivered)
+        except NatsUnavailable as exc:
+            log.warning("will retry a submission: %s", exc.message)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+            return
+        except Exception:  # a bug must not lose the message: retry it later
+            log.exception("routing failed; the submission will be redelivered")
+            self.metrics.count_error("decide")
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=5.0)
+            return
+        with contextlib.suppress(Exception):  # a lost ack means a deduplicated retry
+            await msg.ack()
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
         while not self._stopping.is_set():

@@ -5,9 +5,11 @@
   redelivery of a submission the broker already accepted is never refused by the limiter.
 - Against a broker in its own process with the deployed policy: one sender floods
   pre-built envelopes to all 37 actors at about 1,000 a second while two others send at a
-  steady modest rate. The flood is cut to the budget, the others lose nothing and are
-  refused nothing, their p99 submit-to-delivery latency stays within a bound of the same
-  measurement without the flood, and the broker's memory stays bounded.
+  steady modest rate. The submit stream holds at most ``submit_backlog_per_sender`` of the
+  flood at a time (tests/test_backlog.py) and the rest is refused by the server; what it
+  holds is cut to the budget by the broker. The others lose nothing and are refused
+  nothing, their p99 latency stays within the target of the same measurement without the
+  flood, and the broker's memory stays bounded.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from pathlib import Path
 
 import aiohttp
 import nats
+import nats.js.errors
 import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
 
 from broker import subjects
+from broker.bus import is_backlog_full
 from broker.core import NoticeKind, Reason, load_policy
 from broker.demo import DemoRegion
 from broker.embedded import EmbeddedNats
@@ -152,20 +156,21 @@ STEADY_TO = ("stockholm", "sos-alarm", "polisen-stockholm")
 STEADY_RATE = 10.0  # messages a second per sender: 30 deliveries a second, within budget
 BASELINE_S = 4.0
 AFTER_S = 3.0
-# The issue's target for the others' p99 during the flood: 5x the baseline p99, or the
-# baseline plus 2 s. Recorded, not asserted: see the latency comment in the test.
+# The bound on the others' p99 latency during the flood: 5x the baseline p99, or the
+# baseline plus 2 s, whichever is larger.
 TARGET_RATIO = 5.0
 TARGET_SLACK_S = 2.0
-LATENCY_SLACK_S = 2.0  # asserted: within the flood's own backlog (see the test), plus this
 RSS_GROWTH_MB = 100
 
 
 class TimedActors(Actors):
-    """Actors that note when each message first reached each recipient's application."""
+    """Actors that note when each message was stored for each recipient by the broker (the
+    delivery stream's timestamp) and when it reached the recipient's application here."""
 
     def __init__(self, *args: object, **kw: object) -> None:
         super().__init__(*args, **kw)  # type: ignore[arg-type]
-        self.arrived: dict[tuple[str, str], float] = {}
+        self.stored: dict[tuple[str, str], float] = {}  # wall clock, as the server's
+        self.arrived: dict[tuple[str, str], float] = {}  # wall clock
 
     async def _handle(self, msg: Msg) -> None:
         actor = msg.subject.split(".")[-1]
@@ -173,7 +178,9 @@ class TimedActors(Actors):
         before = len(inbox.deliveries) if inbox else 0
         await super()._handle(msg)
         if inbox is not None and len(inbox.deliveries) > before:
-            self.arrived[(actor, next(reversed(inbox.deliveries)))] = time.monotonic()
+            key = (actor, next(reversed(inbox.deliveries)))
+            self.stored[key] = msg.metadata.timestamp.timestamp()
+            self.arrived[key] = time.time()
 
 
 def rss_mb(pid: int) -> float:
@@ -213,14 +220,29 @@ async def steady(
     while not until.is_set():
         data = net.envelope(sender, STEADY_TO)
         message = header_of(data, net.directory).id
-        sent[message] = (sender, time.monotonic())
+        sent[message] = (sender, time.time())
         await net.submit(sender, data)
         next_at += interval
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
-def latencies(net: TimedActors, sent: dict[str, tuple[str, float]]) -> list[float]:
-    return [net.arrived[(r, m)] - at for m, (_, at) in sent.items() for r in STEADY_TO]
+def latencies(at: dict[tuple[str, str], float], sent: dict[str, tuple[str, float]]) -> list[float]:
+    """Submit to ``at`` (stored for, or read by, each recipient) for every message sent."""
+    return [at[(r, m)] - when for m, (_, when) in sent.items() for r in STEADY_TO]
+
+
+async def flood_batch(js: nats.js.JetStreamContext, subject: str, batch: list[bytes]) -> int:
+    """Publish ``batch`` at once; how many the stream refused as over the sender's backlog."""
+    outcomes = await asyncio.gather(
+        *(js.publish(subject, d) for d in batch), return_exceptions=True
+    )
+    held_back = 0
+    for outcome in outcomes:
+        if isinstance(outcome, nats.js.errors.APIError) and is_backlog_full(outcome):
+            held_back += 1
+        elif isinstance(outcome, BaseException):
+            raise outcome
+    return held_back
 
 
 @pytest.mark.slow
@@ -248,7 +270,7 @@ async def test_fan_out_flood_is_cut_to_the_budget_and_others_are_not_starved(
         stop.set()
         await asyncio.gather(*senders)
         await wait_until(
-            lambda: all((r, m) in net.arrived for m in baseline for r in STEADY_TO),
+            lambda: all((r, m) in net.stored for m in baseline for r in STEADY_TO),
             "the baseline delivered",
         )
         rss_before = rss_mb(broker_process.pid)
@@ -260,13 +282,10 @@ async def test_fan_out_flood_is_cut_to_the_budget_and_others_are_not_starved(
         senders = [asyncio.create_task(steady(net, s, stop, during)) for s in STEADY]
         js = flood_nc.jetstream(timeout=10.0)
         flood_started = time.monotonic()
+        held_back = 0
         for i in range(0, FLOOD, FLOOD_BATCH):
-            await asyncio.gather(
-                *(
-                    js.publish(subjects.submit_subject(flooder), d)
-                    for d in flood[i : i + FLOOD_BATCH]
-                )
-            )
+            batch = flood[i : i + FLOOD_BATCH]
+            held_back += await flood_batch(js, subjects.submit_subject(flooder), batch)
             rss_peak = max(rss_peak, rss_mb(broker_process.pid))
             pause = flood_started + (i + FLOOD_BATCH) / FLOOD_RATE - time.monotonic()
             await asyncio.sleep(max(0.0, pause))
@@ -276,20 +295,23 @@ async def test_fan_out_flood_is_cut_to_the_budget_and_others_are_not_starved(
         def verdicts() -> int:
             return sum(n.submission in flood_digests for n in net[flooder].notices)
 
+        stored_flood = FLOOD - held_back
         deadline = time.monotonic() + 40.0
-        while verdicts() < FLOOD and time.monotonic() < deadline:
+        while verdicts() < stored_flood and time.monotonic() < deadline:
             rss_peak = max(rss_peak, rss_mb(broker_process.pid))
             await asyncio.sleep(0.1)
         flood_done_s = time.monotonic() - flood_started
         stop.set()
         await asyncio.gather(*senders)
         await wait_until(
-            lambda: all((r, m) in net.arrived for m in during for r in STEADY_TO),
+            lambda: all((r, m) in net.stored for m in during for r in STEADY_TO),
             "the others' messages delivered during the flood",
             timeout=30.0,
         )
         rss_peak = max(rss_peak, rss_mb(broker_process.pid))
-        assert verdicts() == FLOOD, f"{FLOOD - verdicts()} flood submissions got no verdict"
+        # The stream refused most of the flood at the door; every one it stored has a verdict.
+        assert held_back > 0
+        assert verdicts() == stored_flood, f"{stored_flood - verdicts()} got no verdict"
 
         # After: the others alone again, once every flood submission has its verdict.
         stop = asyncio.Event()
@@ -299,7 +321,7 @@ async def test_fan_out_flood_is_cut_to_the_budget_and_others_are_not_starved(
         stop.set()
         await asyncio.gather(*senders)
         await wait_until(
-            lambda: all((r, m) in net.arrived for m in after for r in STEADY_TO),
+            lambda: all((r, m) in net.stored for m in after for r in STEADY_TO),
             "the others' messages delivered after the flood",
         )
         rss_peak = max(rss_peak, rss_mb(broker_process.pid))
@@ -321,23 +343,20 @@ async def test_fan_out_flood_is_cut_to_the_budget_and_others_are_not_starved(
         for sender in STEADY:
             kinds = [n.kind for n in net[sender].notices]
             assert NoticeKind.REJECTED not in kinds
-        # Latency. Every submission waits its turn in the one shared work queue (stream
-        # SSR_SUBMIT, consumed in order), so the others queue behind whatever the flood put
-        # there first. The limiter makes each flood submission cheap (one refusal instead of
-        # 37 deliveries) but cannot reorder the queue: the others are never starved beyond
-        # the flood's own backlog, which is what is asserted. The issue's tighter target
-        # (a ratio of the baseline) needs a per-sender bound on the queue itself.
-        # Measured at the recipients' side, which reads every delivery and notice through
-        # one consumer of its own, in order: a second queue behind the flood's notices,
-        # hence twice the time the flood took.
-        base_p99 = p99(latencies(net, baseline))
-        flood_p99 = p99(latencies(net, during))
-        after_p99 = p99(latencies(net, after))
-        bound = base_p99 + 2 * flood_done_s + LATENCY_SLACK_S
-        assert flood_p99 <= bound, (flood_p99, base_p99, flood_done_s)
+        # Latency, from submit to the delivery stored for each recipient (the delivery
+        # stream's own timestamp): the broker's part. The submit stream is one work queue
+        # taken in order, so the others wait behind whatever of the flood is in it; the
+        # per-sender backlog bound keeps that to ``submit_backlog_per_sender`` flood
+        # submissions, each cheap for the limiter (one refusal instead of 37 deliveries).
+        # Read here by one test consumer for all 37 actors, the flood's notices and
+        # accepted deliveries also queue in front of the others' messages: that figure
+        # ("read") is recorded, not asserted, since each real recipient reads its own.
+        base_p99 = p99(latencies(net.stored, baseline))
+        flood_p99 = p99(latencies(net.stored, during))
+        after_p99 = p99(latencies(net.stored, after))
+        read_p99 = p99(latencies(net.arrived, during))
         target = max(TARGET_RATIO * base_p99, base_p99 + TARGET_SLACK_S)
-        # after_p99 is recorded, not asserted: the flood's accepted deliveries bring their
-        # receipts (one per recipient) into the same queue just after it.
+        assert flood_p99 <= target, (flood_p99, base_p99)
 
         # What the broker says about it: metric and audit trail.
         async with aiohttp.ClientSession() as http, http.get(metrics_url) as response:
@@ -372,9 +391,10 @@ async def test_fan_out_flood_is_cut_to_the_budget_and_others_are_not_starved(
             baseline_p99_ms=round(base_p99 * 1000, 1),
             flood_p99_ms=round(flood_p99 * 1000, 1),
             after_p99_ms=round(after_p99 * 1000, 1),
-            latency_bound_ms=round(bound * 1000),
+            read_p99_ms=round(read_p99 * 1000, 1),
+            latency_target_ms=round(target * 1000),
             latency_ratio=round(flood_p99 / base_p99, 1),
-            ratio_target_met=flood_p99 <= target,
+            held_back_by_stream=held_back,
             rss_before_mb=round(rss_before, 1),
             rss_peak_mb=round(rss_peak, 1),
             rss_growth_mb=round(growth, 1),

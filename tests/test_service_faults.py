@@ -21,7 +21,7 @@ import nats.js.errors
 import pytest
 
 from broker import subjects
-from broker.core import Header, NoticeKind
+from broker.core import Header, NoticeKind, ReceiptKind, make_receipt
 from broker.demo import DemoRegion
 from broker.embedded import EmbeddedNats
 from broker.errors import NatsUnavailable
@@ -36,6 +36,7 @@ from .service_helpers import (
     header_of,
     metric,
     start_broker_process,
+    stream_messages,
     wait_until,
     write_data_dir,
 )
@@ -263,3 +264,56 @@ async def test_an_attempt_cut_off_after_the_claim_is_finished_not_refused_as_a_r
     await router.route(subjects.submit_subject("nacka"), data, redelivered=False)
     await wait_until(lambda: len(net["nacka"].notices_about(data)) == 2, "the replay verdict")
     assert net["nacka"].notices_about(data)[-1].reason == "replay"
+
+
+async def test_a_receipt_recorded_but_cut_off_before_forwarding_is_forwarded_on_its_return(
+    broker_factory: BrokerFactory, actors: Actors
+) -> None:
+    """The broker recorded a delivered receipt, then lost NATS before forwarding it; the
+    same receipt submission comes back with a delivery count of one (a consumer-leader
+    failover). It must reach the sender: acknowledging it unforwarded loses the receipt.
+    A replay of it beyond the duplicate window is not forwarded again."""
+    service = await broker_factory()
+    actors.receipts = False
+    net = await actors.start()
+    router = service.router
+    assert router is not None
+    data = net.envelope("nacka", ["solna"])
+    await net.submit("nacka", data)
+    message_id = header_of(data, net.directory).id
+    await net.delivered(message_id, ["solna"])
+    message = net["solna"].deliveries[message_id]
+    receipt = make_receipt(
+        net.identity("solna"),
+        message.header,
+        message.header_hash,
+        ReceiptKind.DELIVERED,
+        at=service_helpers.now_ms(),
+    )
+    publish = router.bus.publish
+
+    async def cut_off(subject: str, payload: bytes, *, msg_id: str) -> int:
+        if subject == subjects.deliver_subject("nacka") and payload == receipt:
+            raise NatsUnavailable("the node went away")
+        return await publish(subject, payload, msg_id=msg_id)
+
+    router.bus.publish = cut_off  # type: ignore[method-assign]
+    with pytest.raises(NatsUnavailable):
+        await router.route(subjects.submit_subject("solna"), receipt, redelivered=False)
+    router.bus.publish = publish  # type: ignore[method-assign]
+    assert net["nacka"].receipts == []
+    await router.route(subjects.submit_subject("solna"), receipt, redelivered=False)
+    await wait_until(lambda: len(net["nacka"].receipts) == 1, "the receipt forwarded")
+
+    # Beyond the window (by the router's clock) the same bytes are recorded already and
+    # not forwarded: the sender's delivery subject gets no second copy.
+    router.resend_window_ms = 0
+    forwarded = await stream_messages(
+        router.bus.js, subjects.DELIVER_STREAM, subjects.deliver_subject("nacka")
+    )
+    await asyncio.sleep(0.01)
+    await router.route(subjects.submit_subject("solna"), receipt, redelivered=False)
+    again = await stream_messages(
+        router.bus.js, subjects.DELIVER_STREAM, subjects.deliver_subject("nacka")
+    )
+    assert len(again) == len(forwarded)

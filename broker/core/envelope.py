@@ -25,6 +25,7 @@ only then JSON parsing, header checks, unwrapping and decryption.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -277,6 +278,26 @@ def _wrap(content_key: bytes, recipient: RecipientKey, rand: Random) -> Wrap:
     return Wrap(recipient=recipient.actor, key_id=recipient.key_id, sealed=b64(sealed))
 
 
+def _frame(data: bytes, max_bytes: int) -> frame.Frame:
+    return frame.decode(
+        data,
+        frame.Kind.ENVELOPE,
+        max_bytes=max_bytes,
+        max_section=(MAX_HEADER_BYTES, MAX_WRAPS_BYTES, max_bytes),
+    )
+
+
+def claimed_type(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> str | None:
+    """The message type an envelope's header claims, *without* checking its signature:
+    for scheduling only (which submissions must be routed one at a time), never for a
+    decision. None for anything that is not a well-formed envelope frame."""
+    try:
+        claimed = json.loads(_frame(data, max_bytes).sections[0]).get("type")
+    except (FrameError, ValueError, AttributeError, RecursionError):
+        return None
+    return claimed if isinstance(claimed, str) else None
+
+
 def read_envelope(
     data: bytes, directory: VerifiedDirectory, *, max_bytes: int = MAX_ENVELOPE_BYTES
 ) -> SignedEnvelope:
@@ -287,12 +308,7 @@ def read_envelope(
     ``wraps_mismatch``.
     """
     try:
-        signed = frame.decode(
-            data,
-            frame.Kind.ENVELOPE,
-            max_bytes=max_bytes,
-            max_section=(MAX_HEADER_BYTES, MAX_WRAPS_BYTES, max_bytes),
-        )
+        signed = _frame(data, max_bytes)
     except FrameError as exc:
         code = exc.code if exc.code in {"too_large", "unsupported_version"} else "malformed"
         raise EnvelopeError(exc.message, code=code) from exc
