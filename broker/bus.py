@@ -55,11 +55,19 @@ class _Drops:
     """
 
     def __init__(self) -> None:
-        self.event = asyncio.Event()
+        self._future: asyncio.Future[None] | None = None
+
+    def current(self) -> asyncio.Future[None]:
+        """Done when the connection drops; shared by every request in flight (one future
+        for all of them, not a waiting task each)."""
+        if self._future is None or self._future.done():
+            self._future = asyncio.get_running_loop().create_future()
+        return self._future
 
     def dropped(self) -> None:
-        self.event.set()
-        self.event = asyncio.Event()
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+        self._future = None
 
 
 PROBE_TIMEOUT_S = 2.0
@@ -212,14 +220,12 @@ class JetStreamBus:
         create-or-compare-and-set), so a request that did reach the server is harmless.
         """
         task = asyncio.ensure_future(op)
-        dropped = asyncio.ensure_future(self._drops.event.wait())
+        dropped = self._drops.current()
         try:
             await asyncio.wait((task, dropped), return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             task.cancel()
             raise
-        finally:
-            dropped.cancel()
         if not task.done():
             task.cancel()
             raise NatsUnavailable("the NATS connection dropped during a request")
@@ -309,11 +315,33 @@ class JetStreamBus:
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
         assert config.name is not None
         try:
-            await self.js.stream_info(config.name)
+            info = await self.js.stream_info(config.name)
         except nats.js.errors.NotFoundError:
             await self.js.add_stream(config)
             return
+        limit = config.max_msgs_per_subject
+        if limit is not None and limit > 0 and info.config.max_msgs_per_subject != limit:
+            config.max_msgs_per_subject = await self._per_subject_limit(config.name, limit)
         await self.js.update_stream(config)
+
+    async def _per_subject_limit(self, stream: str, wanted: int) -> int:
+        """The per-subject limit to set now: ``wanted``, or the largest backlog a subject
+        holds if that is more. nats-server trims every subject to a lowered limit at once,
+        oldest first, and those messages were acknowledged to their senders: a limit is
+        only lowered once the backlog above it has drained (on a later start)."""
+        info = await self.js.stream_info(stream, subjects_filter=">")
+        largest = max((info.state.subjects or {}).values(), default=0)
+        if largest > wanted:
+            log.warning(
+                "%s: a subject holds %d messages, more than the per-subject limit %d; "
+                "the limit is %d until the backlog drains (lowered on a later start)",
+                stream,
+                largest,
+                wanted,
+                largest,
+            )
+            return largest
+        return wanted
 
     # --- publish and consume --------------------------------------------------------------
 

@@ -83,6 +83,7 @@ from .metrics import BrokerMetrics, status_label
 
 log = logging.getLogger("ssr.router")
 CAS_RETRIES = 8
+SWEEP_SCAN = 1_000  # records one sweep reads in turn, besides its own messages that are due
 MAX_INCIDENT_BYTES = 64 * 1024
 MAX_ENTRY_BYTES = 64 * 1024
 MAX_INDEX_SCAN = 10_000  # index entries of one incident read when actors join it
@@ -170,13 +171,17 @@ class Router:
         self.identity = identity
         self.metrics = metrics
         self.clock = clock
-        self._swept_up_to: str | None = None  # the sweep's place among the message records
+        self._sweep_round: list[str] = []  # message records the sweep's round has yet to read
         # Each sender's delivery budget, in this process only (see _within_budget).
         self.budgets = SenderBudgets()
         # Submissions are routed concurrently across senders (broker.lanes; what changes
         # the shared state is routed alone, see is_barrier); one message record is updated
         # by one lane at a time.
         self._records = KeyedLocks()
+        self._incident_revisions: dict[str, int] = {}  # the KV revision of each copy we hold
+        self._incident_writes = asyncio.Lock()  # see _apply_control and _join
+        # Message id -> when the sweep next looks at it, for messages this broker accepted.
+        self._due: dict[str, int] = {}
 
     # --- entry ------------------------------------------------------------------------
 
@@ -196,15 +201,24 @@ class Router:
         else:
             await self._envelope(actor, data, redelivered=redelivered)
 
-    def is_barrier(self, data: bytes) -> bool:
+    def is_barrier(self, subject: str, data: bytes) -> bool:
         """Whether a submission may change what later ones are decided against (a mode
         change, an activation, a close, a directory version): the service routes it alone,
-        after everything taken before it and before anything taken after it. Read from the
-        unverified header; a false claim costs only the concurrency."""
+        after everything taken before it and before anything taken after it. An envelope
+        counts only with a valid signature of the actor whose subject it came on, so no
+        one can serialise the broker with claims in headers they cannot sign."""
         kind = data[4:5] if data[:3] == b"SSR" and len(data) >= 5 else b""
         if kind == b"D":
             return True
-        return kind == b"E" and claimed_type(data) in _STATE_CHANGING
+        if kind != b"E" or claimed_type(data) not in _STATE_CHANGING:
+            return False  # the cheap peek first: most submissions end here
+        try:
+            header = read_envelope(data, self.state.directory).header
+        except CoreError:
+            return False
+        return header.sender == subjects.actor_of_submit(subject) and header.type.value in (
+            _STATE_CHANGING
+        )
 
     # --- envelopes --------------------------------------------------------------------
 
@@ -264,8 +278,9 @@ class Router:
         # Counted when the message id is claimed, so finishing an interrupted attempt of our
         # own (a redelivery after a lost ack or a NATS restart) counts nothing twice.
         resumed = False
+        claimed: tuple[MessageRecord, int] | None = None
         if isinstance(decision, Accept):
-            decision, resumed = await self._claim(actor, decision, redelivered=redelivered)
+            decision, resumed, claimed = await self._claim(actor, decision, redelivered=redelivered)
         status = (
             status_label(decision.status) if isinstance(decision, Accept) else self._status(data)
         )
@@ -277,31 +292,34 @@ class Router:
         if not resumed:
             self._count_accepted(decision, status)
         await self._fan_out(decision)
-        await self._index(decision)
-        await self._record_answers(decision)
         await self._apply_control(decision)
         header = decision.envelope.header
-        await self._notify(
-            actor,
-            data,
-            NoticeKind.ACCEPTED,
-            key=f"{header.id}.accepted",
-            message=header.id,
-            header_hash=decision.envelope.header_hash,
-            recipients=header.recipients,
+        # Independent of each other, each idempotent (dedupe ids, keys): at once.
+        await asyncio.gather(
+            self._index(decision),
+            self._record_answers(decision),
+            self._notify(
+                actor,
+                data,
+                NoticeKind.ACCEPTED,
+                key=f"{header.id}.accepted",
+                message=header.id,
+                header_hash=decision.envelope.header_hash,
+                recipients=header.recipients,
+            ),
+            self.audit(
+                AuditKind.ACCEPTED,
+                key=header.id,
+                actor=actor,
+                message=header.id,
+                recipients=header.recipients,
+                status=header.status.value,
+                label=header.label.wire(),
+                priority=header.priority.value,
+                incident=header.incident,
+            ),
         )
-        await self.audit(
-            AuditKind.ACCEPTED,
-            key=header.id,
-            actor=actor,
-            message=header.id,
-            recipients=header.recipients,
-            status=header.status.value,
-            label=header.label.wire(),
-            priority=header.priority.value,
-            incident=header.incident,
-        )
-        await self._update_record(header.id, _mark_routed)
+        await self._update_record(header.id, _mark_routed, known=claimed)
 
     def _status(self, data: bytes) -> str:
         """Status for metrics of a refused envelope: only when its header verifies."""
@@ -331,7 +349,10 @@ class Router:
         return await self._refresh_incident(header.incident)
 
     async def _refresh_incident(self, incident_id: str) -> bool:
-        """Re-read one incident from KV into our state; True if it differs from ours."""
+        """Re-read one incident from KV into our state; True if the decision just made (on
+        our copy, with no await since) must be made again: KV holds another version, or
+        another lane changed our copy while we read."""
+        seen = self.state.incidents.get(incident_id)  # what that decision saw
         try:
             entry = await self.bus.kv_get(subjects.STATE_BUCKET, subjects.incident_key(incident_id))
             incident = (
@@ -339,11 +360,17 @@ class Router:
             )
         except (ValueError, CoreError):
             return False
-        if incident is None or incident == self.state.incidents.get(incident.id):
-            return False
-        self.state.incidents[incident.id] = incident
-        self.state.changes += 1
-        return True
+        # Taken unless it is the copy the decision saw or older than the one we hold now.
+        if (
+            entry is not None
+            and incident is not None
+            and incident != seen
+            and entry.revision >= self._incident_revisions.get(incident_id, 0)
+        ):
+            self._incident_revisions[incident_id] = entry.revision
+            self.state.incidents[incident_id] = incident
+            self.state.changes += 1
+        return self.state.incidents.get(incident_id) != seen
 
     async def _referenced(
         self, data: bytes, pick: Callable[[Header], Reference | None]
@@ -402,11 +429,12 @@ class Router:
 
     async def _claim(
         self, actor: str, decision: Accept, *, redelivered: bool
-    ) -> tuple[Accept | Reject, bool]:
+    ) -> tuple[Accept | Reject, bool, tuple[MessageRecord, int] | None]:
         """Record the message id; a second submission of an id is a replay.
 
-        Returns the decision and whether this resumes an earlier attempt of ours (a
-        redelivery after a crash or a lost ack), which metrics must not count twice.
+        Returns the decision, whether this resumes an earlier attempt of ours (a
+        redelivery after a crash or a lost ack), which metrics must not count twice, and
+        the record with its revision as claimed or found.
         """
         envelope = decision.envelope
         record = MessageRecord(
@@ -418,21 +446,23 @@ class Router:
             answer_by=_answer_by(envelope.header),
         )
         try:
-            await self.bus.kv_create(
+            revision = await self.bus.kv_create(
                 subjects.MESSAGES_BUCKET, envelope.header.id, record.model_dump_json().encode()
             )
-            return decision, False
+            self._follow(envelope.header.id, record, -1)  # for the sweep: when it is due
+            return decision, False, (record, revision)
         except KvConflict:
             existing = await self._record(envelope.header.id)
         if existing is not None and _resumable(existing[0], envelope.header_hash, redelivered):
-            return decision, True  # our own earlier attempt stopped before the end: finish it
+            # Our own earlier attempt stopped before the end: finish it.
+            return decision, True, existing
         reject = Reject(
             Reason.REPLAY,
             "message id already seen",
             message_id=envelope.header.id,
             sender=envelope.header.sender,
         )
-        return reject, False
+        return reject, False, None
 
     def _count_accepted(self, decision: Accept, status: str) -> None:
         header = decision.envelope.header
@@ -478,34 +508,38 @@ class Router:
         ):
             return
         previous = self.state.incidents.get(header.incident)
-        if header.type is MessageType.ACTIVATION:
-            incident = opened_by(header, previous)
-            # Queued before the incident is written: a crash in between queues them again on
-            # redelivery, where ``previous`` still lacks the newcomers. The requests go out
-            # from :meth:`process_joins`, after the incident is written (a grant arriving at
-            # another broker finds the newcomer a participant) and off the routing path.
-            for newcomer in newcomers(previous, incident):
-                # Only what was sent before it joined: later messages that leave a
-                # participant out do so on purpose.
-                join = Join(
-                    incident=incident.id,
-                    newcomer=newcomer,
-                    activation=header.id,
-                    before=(header.created, header.id),
-                )
-                await self.bus.kv_put(
-                    subjects.STATE_BUCKET,
-                    subjects.join_key(incident.id, newcomer),
-                    join.model_dump_json().encode(),
-                )
-        else:
-            assert previous is not None  # decide() refused a close of an unknown incident
-            incident = closed_by(previous, header.created)
-        await self.bus.kv_put(
-            subjects.STATE_BUCKET, subjects.incident_key(incident.id), incident.to_bytes()
-        )
-        self.state.incidents[incident.id] = incident
-        self.state.changes += 1
+        # The joins and the incident are written under one lock that process_joins also
+        # takes before it judges a join: it never sees a join without its incident.
+        async with self._incident_writes:
+            if header.type is MessageType.ACTIVATION:
+                incident = opened_by(header, previous)
+                # Queued before the incident is written: a crash in between queues them again on
+                # redelivery, where ``previous`` still lacks the newcomers. The requests go out
+                # from :meth:`process_joins`, after the incident is written (a grant arriving at
+                # another broker finds the newcomer a participant) and off the routing path.
+                for newcomer in newcomers(previous, incident):
+                    # Only what was sent before it joined: later messages that leave a
+                    # participant out do so on purpose.
+                    join = Join(
+                        incident=incident.id,
+                        newcomer=newcomer,
+                        activation=header.id,
+                        before=(header.created, header.id),
+                    )
+                    await self.bus.kv_put(
+                        subjects.STATE_BUCKET,
+                        subjects.join_key(incident.id, newcomer),
+                        join.model_dump_json().encode(),
+                    )
+            else:
+                assert previous is not None  # decide() refused a close of an unknown incident
+                incident = closed_by(previous, header.created)
+            revision = await self.bus.kv_put(
+                subjects.STATE_BUCKET, subjects.incident_key(incident.id), incident.to_bytes()
+            )
+            self._incident_revisions[incident.id] = revision
+            self.state.incidents[incident.id] = incident
+            self.state.changes += 1
         self.metrics.set_open_incidents(
             i.status for i in self.state.incidents.values() if i.is_open
         )
@@ -574,11 +608,16 @@ class Router:
 
     async def _join(self, key: str, join: Join, budget: int) -> int:
         now = self.clock()
-        await self._refresh_incident(join.incident)
-        incident = self.state.incidents.get(join.incident)
-        if incident is None or not incident.is_open or join.newcomer not in incident.participants:
-            await self.bus.kv_delete(subjects.STATE_BUCKET, key)
-            return 0
+        async with self._incident_writes:  # not between a join's write and its incident's
+            await self._refresh_incident(join.incident)
+            incident = self.state.incidents.get(join.incident)
+            if (
+                incident is None
+                or not incident.is_open
+                or join.newcomer not in incident.participants
+            ):
+                await self.bus.kv_delete(subjects.STATE_BUCKET, key)
+                return 0
         lacking = sorted(
             (
                 e
@@ -662,18 +701,33 @@ class Router:
             await self._update_record(reference.message, answer)
 
     async def _update_record(
-        self, message_id: str, change: Callable[[MessageRecord], bool]
+        self,
+        message_id: str,
+        change: Callable[[MessageRecord], bool],
+        *,
+        known: tuple[MessageRecord, int] | None = None,
     ) -> MessageRecord | None:
         """Apply ``change`` to a message record by compare and set; ``change`` returns False
-        when there is nothing to write. Returns the record written, else None."""
+        when there is nothing to write. Returns the record written, else None. ``known``:
+        the record and revision the caller read or wrote last, tried first (saves a read;
+        if it changed since, the update conflicts and the record is read again)."""
         async with self._records.hold(message_id):
-            return await self._compare_and_set(message_id, change)
+            return await self._compare_and_set(message_id, change, known)
 
     async def _compare_and_set(
-        self, message_id: str, change: Callable[[MessageRecord], bool]
+        self,
+        message_id: str,
+        change: Callable[[MessageRecord], bool],
+        known: tuple[MessageRecord, int] | None,
     ) -> MessageRecord | None:
-        for _ in range(CAS_RETRIES):
-            found = await self._record(message_id)
+        for attempt in range(CAS_RETRIES):
+            if attempt == 0 and known is not None:
+                found: tuple[MessageRecord, int] | None = (
+                    known[0].model_copy(deep=True),
+                    known[1],
+                )
+            else:
+                found = await self._record(message_id)
             if found is None:
                 return None
             record, revision = found
@@ -764,19 +818,22 @@ class Router:
             record = found[0]
             check_receipt_matches(receipt, record.parsed_header(), record.header_hash)
 
+            before: list[int] = []  # the time of the receipt of this kind recorded before
+
             def add(record: MessageRecord) -> bool:
                 kinds = record.receipts.setdefault(body.recipient, {})
                 if body.kind.value in kinds:
+                    before[:] = [kinds[body.kind.value]]
                     return False  # already recorded (a redelivery or a repeat)
                 kinds[body.kind.value] = body.at
                 return True
 
-            recorded = await self._update_record(body.message, add) is not None
+            recorded = await self._update_record(body.message, add, known=found) is not None
         except ReceiptError as exc:
             self.metrics.receipts_rejected.labels(reason=exc.code).inc()
             await self._refuse(actor, data, AuditKind.RECEIPT_REJECTED, exc.code, exc.message)
             return
-        if not recorded and not redelivered and now - body.at > self.resend_window_ms:
+        if not recorded and not self._forward_again(body.at, before, now, redelivered):
             return
         header = record.parsed_header()
         await self.bus.publish(
@@ -795,6 +852,16 @@ class Router:
             status=header.status.value,
             detail=body.kind.value,
         )
+
+    def _forward_again(self, at: int, before: list[int], now: int, redelivered: bool) -> bool:
+        """Whether a receipt already recorded is forwarded (and audited) once more: only
+        the receipt that was recorded (same ``at``), on a redelivery or while JetStream's
+        duplicate window surely still covers its first forward (which then drops this
+        one). ``at`` is the recipient's word: a later or future-dated one is not resent."""
+        if before != [at]:
+            return False
+        margin = self.state.policy.limits.clock_skew_seconds * 1000
+        return redelivered or 0 <= now - at <= self.resend_window_ms - margin
 
     # --- key grants -----------------------------------------------------------------------
 
@@ -923,25 +990,33 @@ class Router:
     # --- escalation -----------------------------------------------------------------------
 
     async def _sweep_batch(self, limit: int) -> list[str]:
-        """The next ``limit`` message records in key order after the last sweep's, wrapping
-        around: with more records than one sweep reads, each is still visited in turn."""
-        keys = sorted(await self.bus.kv_keys(subjects.MESSAGES_BUCKET))
-        after = self._swept_up_to
-        start = 0 if after is None else next((i for i, k in enumerate(keys) if k > after), 0)
-        batch = (keys[start:] + keys[:start])[:limit]
-        self._swept_up_to = batch[-1] if len(batch) < len(keys) else None
+        """The next ``limit`` message records of a listing of all of them, listed again once
+        it is worked through: with more records than one sweep reads, each is still visited
+        in turn, and the (costly) listing is made once a round, not once a sweep."""
+        if not self._sweep_round:
+            self._sweep_round = sorted(await self.bus.kv_keys(subjects.MESSAGES_BUCKET))
+        batch, self._sweep_round = self._sweep_round[:limit], self._sweep_round[limit:]
         return batch
 
-    async def sweep(self, *, limit: int = 10_000) -> int:
+    async def sweep(self, *, limit: int = SWEEP_SCAN) -> int:
         """Escalate missed delivery deadlines and unanswered requests; returns how many
-        notices that took (an escalation and an overdue request count one each)."""
+        notices that took (an escalation and an overdue request count one each).
+
+        Reads the records of this broker's own messages whose time has come (``_due``),
+        and the next ``limit`` of all records in turn (messages another broker accepted,
+        or this one before a restart): every record is still visited, without reading
+        every one on every sweep."""
         now = self.clock()
         sent = 0
-        for key in await self._sweep_batch(limit):
+        due = sorted(key for key, at in self._due.items() if at <= now)
+        scan = [key for key in await self._sweep_batch(limit) if key not in set(due)]
+        for key in due + scan:
             found = await self._record(key)
             if found is None:
+                self._due.pop(key, None)
                 continue
             record = found[0]
+            self._follow(key, record, now)
             missing = () if record.escalated or record.deadline > now else record.unconfirmed()
             unanswered = (
                 record.unanswered()
@@ -974,6 +1049,22 @@ class Router:
                 self.metrics.requests_overdue.labels(**labels).inc()
             sent += marked.set_escalated + marked.set_overdue
         return sent
+
+    def _follow(self, key: str, record: MessageRecord, now: int) -> None:
+        """Keep in ``_due`` when this record next needs a look: its delivery deadline or
+        its answer deadline, whichever is still ahead and not yet chased; else drop it."""
+        ahead = [
+            at
+            for at, done in (
+                (record.deadline, record.escalated),
+                (record.answer_by, record.overdue),
+            )
+            if at is not None and not done and at > now
+        ]
+        if ahead:
+            self._due[key] = min(ahead)
+        else:
+            self._due.pop(key, None)
 
     async def _chase(
         self,

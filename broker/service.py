@@ -46,6 +46,7 @@ from .web import HttpServer, make_app
 
 log = logging.getLogger("ssr.service")
 AUX_STOP_TIMEOUT_S = 2.0
+FETCH_TIMEOUT_S = 0.25  # one fetch of submissions waits at most this long (and a stop)
 
 
 class Service:
@@ -161,13 +162,15 @@ class Service:
 
     async def stop(self) -> None:
         self._stopping.set()
-        # Stop taking submissions (a consumer waiting in fetch holds nothing), then let the
-        # ones being routed finish; those still waiting in a lane are handed back at once
-        # (nak), so a stop never leaves work waiting out the ack wait.
+        # Stop taking submissions: the consumer ends after its current fetch (at most its
+        # short timeout), handing back what that fetch brought (nak) rather than dropping it
+        # with a cancelled fetch; then let the ones being routed finish. Those still waiting
+        # in a lane are handed back at once, so a stop never leaves work waiting out the
+        # ack wait.
         if self._tasks:
             consume = self._tasks[0]
+            await asyncio.wait((consume,), timeout=FETCH_TIMEOUT_S + AUX_STOP_TIMEOUT_S)
             consume.cancel()
-            await asyncio.wait((consume,), timeout=AUX_STOP_TIMEOUT_S)
         if not await self._lanes.drain(self.config.shutdown_timeout_s):
             log.warning("submissions still routing at the shutdown timeout; JetStream redelivers")
             self._lanes.cancel()
@@ -211,7 +214,7 @@ class Service:
             await lanes.wait_for_room()
             batch = min(self.config.fetch_batch, lanes.room())
             try:
-                messages = await bus.fetch(submissions, batch, timeout=1.0)  # type: ignore[arg-type]
+                messages = await bus.fetch(submissions, batch, timeout=FETCH_TIMEOUT_S)  # type: ignore[arg-type]
             except NatsUnavailable as exc:
                 log.warning("%s", exc.message)
                 await asyncio.sleep(0.5)
@@ -223,7 +226,7 @@ class Service:
                 continue
             for msg in messages:
                 job = functools.partial(self._route_one, router, msg)
-                lanes.start(msg.subject, job, barrier=router.is_barrier(msg.data))
+                lanes.start(msg.subject, job, barrier=router.is_barrier(msg.subject, msg.data))
             pending = await bus.pending()
             if pending >= 0:
                 self.metrics.consumer_pending.set(pending)

@@ -208,3 +208,40 @@ async def test_the_broker_keeps_taking_submissions_after_an_unexpected_fetch_err
     await net.accepted_and_delivered("nacka", data)
     assert service.live()
     assert metric(service, "ssr_broker_errors_total", stage="decide") == 1
+
+
+@pytest.mark.parametrize("before", [None, 10])
+async def test_bringing_in_or_lowering_the_bound_never_drops_waiting_submissions(
+    broker_factory: BrokerFactory, actors: Actors, before: int | None
+) -> None:
+    """nats-server trims a subject to a lowered limit at once, oldest first: submissions
+    already acknowledged to their sender would be lost. The broker keeps the limit at the
+    largest backlog until it drained, and lowers it on a later start."""
+    service = await broker_factory(
+        streams=StreamSettings()
+        if before is None
+        else StreamSettings(submit_backlog_per_sender=before)
+    )
+    await service.stop()  # the broker is down (an upgrade): clients keep submitting
+    net = await actors.start()
+    assert net.js is not None
+    if before is None:  # a stream from before the bound existed: no limit at all
+        info = await net.js.stream_info(subjects.SUBMIT_STREAM)
+        config = info.config
+        config.max_msgs_per_subject = -1
+        config.discard_new_per_subject = False
+        config.discard = nats.js.api.DiscardPolicy.OLD
+        await net.js.update_stream(config)
+    held = [await net.send("nacka", ["solna"]) for _ in range(8)]
+    assert await waiting(net.js, "nacka") == 8
+
+    service = await broker_factory(streams=StreamSettings(submit_backlog_per_sender=CAP))
+    info = await net.js.stream_info(subjects.SUBMIT_STREAM)
+    assert info.config.max_msgs_per_subject >= 8  # not trimmed to the new bound yet
+    for _, data in held:
+        await net.accepted_and_delivered("nacka", data)  # all eight routed
+
+    await service.stop()  # the next start, with the backlog drained, lowers it
+    await broker_factory(streams=StreamSettings(submit_backlog_per_sender=CAP))
+    info = await net.js.stream_info(subjects.SUBMIT_STREAM)
+    assert info.config.max_msgs_per_subject == CAP

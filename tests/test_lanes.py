@@ -6,16 +6,19 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from broker import subjects
 from broker.config import BrokerConfig
-from broker.core import MessageType
+from broker.core import MessageType, Policy
 from broker.core.envelope import claimed_type
 from broker.demo import DemoRegion
 from broker.errors import ConfigError
 from broker.lanes import Job, KeyedLocks, Lanes
-from broker.router import Router
+from broker.metrics import BrokerMetrics
+from broker.router import BrokerState, Router
 
-from .envelope_helpers import build_as, resign, split
+from .envelope_helpers import build_as, reframe_keeping_signature, resign, split
 
 
 def recorder(log: list[str], gate: asyncio.Event) -> Callable[..., Job]:
@@ -178,14 +181,34 @@ def test_claimed_type_reads_the_header_and_refuses_nothing_it_cannot_read(
 
 
 def test_a_router_routes_state_changes_and_directory_versions_alone(region: DemoRegion) -> None:
-    sender = region.identities["lansstyrelsen-stockholm"]
-    is_barrier = Router.is_barrier
-    router = object.__new__(Router)
+    router = Router(
+        bus=None,  # type: ignore[arg-type]
+        state=BrokerState(
+            directory=region.directory, policy=Policy(), pinned_authority=region.authority.public
+        ),
+        identity=region.broker,
+        metrics=BrokerMetrics(CollectorRegistry()),
+    )
+    county = "lansstyrelsen-stockholm"
+    on_own = subjects.submit_subject(county)
+    sender = region.identities[county]
     for message_type in (MessageType.ACTIVATION, MessageType.INCIDENT_CLOSE):
         data = build_as(region, sender, message_type=message_type, incident="storm-1")
-        assert is_barrier(router, data), message_type
-    assert is_barrier(router, build_as(region, sender, message_type=MessageType.MODE_CHANGE))
-    assert is_barrier(router, region.directory.raw)
-    assert not is_barrier(router, build_as(region, sender))
-    assert not is_barrier(router, b"SSR\x01R" + b"\x00" * 40)  # a receipt
-    assert not is_barrier(router, b"junk")
+        assert router.is_barrier(on_own, data), message_type
+    mode = build_as(region, sender, message_type=MessageType.MODE_CHANGE)
+    assert router.is_barrier(on_own, mode)
+    assert router.is_barrier(on_own, region.directory.raw)
+    assert not router.is_barrier(on_own, build_as(region, sender))
+    assert not router.is_barrier(on_own, b"SSR\x01R" + b"\x00" * 40)  # a receipt
+    assert not router.is_barrier(on_own, b"junk")
+
+    # Only a claim its sender signed, on its own subject: forged, re-signed by someone
+    # else, or published on another actor's subject, it is routed like any other.
+    header, wraps, body = split(mode).sections
+    forged = split(build_as(region, sender))
+    claim = forged.sections[0].replace(b"situation_report", b"mode_change")
+    unsigned = reframe_keeping_signature(build_as(region, sender), (claim, *forged.sections[1:]))
+    assert claimed_type(unsigned) == "mode_change"
+    assert not router.is_barrier(on_own, unsigned)
+    assert not router.is_barrier(on_own, resign(region.identities["nacka"], (header, wraps, body)))
+    assert not router.is_barrier(subjects.submit_subject("nacka"), mode)
