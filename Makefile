@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test lint typecheck unit vectors schemas bench clean
+.PHONY: run test lint typecheck unit vectors schemas bench bench-core clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +41,16 @@ schemas: $(STAMP)
 vectors: $(STAMP)
 	$(BIN)/python -m broker.vectors schemas/vectors
 
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Throughput, latency, fan-out and memory against a raw JetStream baseline (~5 min).
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/run.py
+
+# Per-operation costs of the protocol core (seconds).
+bench-core: $(STAMP)
 	$(BIN)/python bench/core_costs.py
 
 clean:

@@ -84,9 +84,9 @@ def main() -> None:
         )
 
     keys3 = [
-        RecipientKey.of(directory.actor(a), NOW)
+        RecipientKey.of(directory.actor(a), NOW)  # type: ignore[arg-type]
         for a in ("polisen-stockholm", "sos-alarm", "stockholm")
-    ]  # type: ignore[arg-type]
+    ]
     raw = build(3)
     signed = read_envelope(raw, directory)
     receipt = make_receipt(

@@ -71,6 +71,9 @@ class _Drops:
 
 
 PROBE_TIMEOUT_S = 2.0
+SMALL_READ = 8  # read_stream reads up to this many messages one request each, more by consumer
+READ_BATCH = 256
+READ_CONSUMER_IDLE_S = 30.0  # a read consumer left behind (a crash) is removed this soon
 MAX_KV_SCAN = 10_000  # entries one filtered KV listing reads at most
 KV_SCAN_TIMEOUT_S = 10.0
 
@@ -436,8 +439,14 @@ class JetStreamBus:
 
         Deleted sequences are skipped (callers see the gap in ``StreamEntry.seq``).
         """
-        entries: list[StreamEntry] = []
         seq = max(start_seq, 1)
+        if limit > SMALL_READ:
+            _, last = await self.stream_bounds(stream)
+            if last < seq:
+                return []
+            if last - seq >= SMALL_READ:
+                return await self._read_by_consumer(stream, subject, seq, last, limit)
+        entries: list[StreamEntry] = []
         try:
             for _ in range(limit):
                 try:
@@ -453,6 +462,42 @@ class JetStreamBus:
         except _TRANSPORT_ERRORS as exc:
             raise NatsUnavailable(f"reading {stream} from {seq} failed: {exc}") from exc
         return entries
+
+    async def _read_by_consumer(
+        self, stream: str, subject: str, start_seq: int, last_seq: int, limit: int
+    ) -> list[StreamEntry]:
+        """``read_stream`` for a long range (to ``last_seq``, the stream's last sequence a
+        moment ago): a short-lived consumer fetches it in batches, a few requests in all
+        instead of one per message."""
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start_seq,
+            ack_policy=api.AckPolicy.NONE,
+            filter_subject=subject,
+            inactive_threshold=READ_CONSUMER_IDLE_S,
+            num_replicas=1,
+            mem_storage=True,
+        )
+        entries: list[StreamEntry] = []
+        try:
+            sub = await self._request(self.js.pull_subscribe(subject, stream=stream, config=config))
+            try:
+                while len(entries) < limit and (not entries or entries[-1].seq < last_seq):
+                    try:
+                        batch = await sub.fetch(min(limit - len(entries), READ_BATCH), timeout=2.0)
+                    except nats.errors.TimeoutError:
+                        break  # the rest was deleted (or not written after all)
+                    entries += (
+                        StreamEntry(m.metadata.sequence.stream, m.subject, m.data) for m in batch
+                    )
+            finally:
+                with contextlib.suppress(*_TRANSPORT_ERRORS):
+                    name = (await sub.consumer_info()).name
+                    await sub.unsubscribe()
+                    await self.js.delete_consumer(stream, name)
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"reading {stream} from {start_seq} failed: {exc}") from exc
+        return entries[:limit]
 
     async def last_on_subject(self, stream: str, subject: str) -> StreamEntry | None:
         """The newest message on ``subject`` in ``stream``, or None."""

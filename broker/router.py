@@ -710,7 +710,8 @@ class Router:
         """Apply ``change`` to a message record by compare and set; ``change`` returns False
         when there is nothing to write. Returns the record written, else None. ``known``:
         the record and revision the caller read or wrote last, tried first (saves a read;
-        if it changed since, the update conflicts and the record is read again)."""
+        if it changed since, the update conflicts and the record is read again); ``change``
+        is applied to that record object itself."""
         async with self._records.hold(message_id):
             return await self._compare_and_set(message_id, change, known)
 
@@ -722,10 +723,7 @@ class Router:
     ) -> MessageRecord | None:
         for attempt in range(CAS_RETRIES):
             if attempt == 0 and known is not None:
-                found: tuple[MessageRecord, int] | None = (
-                    known[0].model_copy(deep=True),
-                    known[1],
-                )
+                found: tuple[MessageRecord, int] | None = known  # changed in place
             else:
                 found = await self._record(message_id)
             if found is None:

@@ -463,3 +463,37 @@ def test_json_like_bytes_give_a_value_or_canonical_json_error(data: bytes) -> No
     except CanonicalJsonError:
         return
     assert dumps(value) == data
+
+
+_SLOW_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**54), max_value=2**54)
+    | st.text(st.characters(codec=None, exclude_categories=()), max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_SLOW_VALUES)
+def test_dumps_fast_path_writes_what_the_full_writer_writes(value: object) -> None:
+    """``dumps`` hands plain values to the C encoder; the bytes (or the refusal) must be
+    exactly those of the full writer, for any mix of names, strings and integers."""
+    from broker.core.canonical import _write
+
+    out: list[str] = []
+    try:
+        _write(value, out, 0)
+        expected: bytes | str = "".join(out).encode("utf-8")
+    except (CanonicalJsonError, UnicodeEncodeError) as exc:
+        expected = type(exc).__name__
+    try:
+        got: bytes | str = dumps(value)
+    except CanonicalJsonError as exc:
+        got = type(exc).__name__
+    assert got == expected

@@ -86,9 +86,34 @@ def dumps(value: JsonValue) -> bytes:
     >>> dumps({"b": 1, "a": [True, None, "x"]})
     b'{"a":[true,null,"x"],"b":1}'
     """
+    if _plain(value, 0):  # the common case, written by the C encoder: the same bytes
+        return dumps_ascii_keys(value)
     out: list[str] = []
     _write(value, out, 0)
     return "".join(out).encode("utf-8")
+
+
+def _plain(value: JsonValue, depth: int) -> bool:
+    """Whether ``value`` holds only what the stdlib's C encoder writes exactly as the
+    canonical form: strings, in-range integers, booleans, null, lists and tuples, and
+    objects whose names are ASCII (code point order is then UTF-16 order), nested no
+    deeper than the bound. Anything else takes the full writer, which also says why a
+    value is refused."""
+    if depth > MAX_JSON_DEPTH:
+        return False
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return bool(-MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER)
+    if kind is list or kind is tuple:
+        return all(_plain(item, depth + 1) for item in value)
+    if kind is dict:
+        return all(
+            type(name) is str and name.isascii() and _plain(item, depth + 1)
+            for name, item in value.items()
+        )
+    return False
 
 
 def dumps_ascii_keys(value: JsonValue) -> bytes:
