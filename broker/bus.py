@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,7 +27,7 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.kv import KeyValue
+from nats.js.kv import KeyValue, _is_key_valid
 
 from . import subjects
 from .config import BrokerConfig, StreamSettings
@@ -41,6 +43,7 @@ _TRANSPORT_ERRORS = (
 )
 
 
+_WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF: a compare-and-set lost
 _STORE_FAILED = 10077  # JSStreamStoreFailedF: e.g. "maximum messages per subject exceeded"
 
 T = TypeVar("T")
@@ -70,7 +73,91 @@ class _Drops:
         self._future = None
 
 
+class _Acks:
+    """JetStream publishes awaited cheaply: each carries a reply subject under one
+    wildcard inbox subscription of the connection, and the acknowledgement resolves a
+    future found by its token.
+
+    The same exchange as nats-py's ``js.publish`` without its per-call costs (a task, a
+    ``wait_for``, a random token, a ``PubAck`` object, and the broker's own drop watch):
+    the broker makes several JetStream writes for every message it routes. A dropped
+    connection fails every publish in flight at once.
+    """
+
+    def __init__(self, drops: _Drops) -> None:
+        self._drops = drops
+        self._prefix = ""
+        self._subscribing: asyncio.Lock | None = None
+        self._tokens = itertools.count(1)
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._watched: asyncio.Future[None] | None = None
+
+    async def publish(
+        self,
+        nc: NatsClient,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str] | None,
+        timeout: float,
+    ) -> dict[str, Any]:
+        """The acknowledgement's JSON; raises nats-py's errors (``APIError`` for a refusal,
+        ``TimeoutError``, ``NoStreamResponseError``) or ``NatsUnavailable`` on a drop."""
+        if not self._prefix:
+            await self._subscribe(nc)
+        loop = asyncio.get_running_loop()
+        self._watch_drops()
+        token = str(next(self._tokens))
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = future
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            await nc.publish(subject, data, reply=self._prefix + token, headers=headers)
+            msg = await future
+        finally:
+            timer.cancel()
+            self._waiting.pop(token, None)
+        if msg.headers and msg.headers.get("Status") == "503":
+            raise nats.js.errors.NoStreamResponseError
+        answer: dict[str, Any] = json.loads(msg.data)
+        if "error" in answer:
+            raise nats.js.errors.APIError.from_error(answer["error"])
+        return answer
+
+    async def _subscribe(self, nc: NatsClient) -> None:
+        if self._subscribing is None:
+            self._subscribing = asyncio.Lock()
+        async with self._subscribing:
+            if not self._prefix:
+                prefix = nc.new_inbox() + "."
+                await nc.subscribe(prefix + "*", cb=self._answer)
+                self._prefix = prefix
+
+    async def _answer(self, msg: Msg) -> None:
+        future = self._waiting.get(msg.subject[len(self._prefix) :])
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    def _watch_drops(self) -> None:
+        current = self._drops.current()
+        if current is not self._watched:
+            self._watched = current
+            current.add_done_callback(self._fail_waiting)
+
+    def _fail_waiting(self, _: asyncio.Future[None]) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(
+                    NatsUnavailable("the NATS connection dropped during a publish")
+                )
+
+
+def _expire(future: asyncio.Future[Msg]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 PROBE_TIMEOUT_S = 2.0
+PUBLISH_TIMEOUT_S = 10.0
 SMALL_READ = 8  # read_stream reads up to this many messages one request each, more by consumer
 READ_BATCH = 256
 READ_CONSUMER_IDLE_S = 30.0  # a read consumer left behind (a crash) is removed this soon
@@ -147,6 +234,7 @@ class JetStreamBus:
         self.js = js
         self._kv: dict[str, KeyValue] = {}
         self._drops = drops or _Drops()
+        self._acks = _Acks(self._drops)
 
     @classmethod
     async def connect(
@@ -214,7 +302,7 @@ class JetStreamBus:
                 f"cannot connect to NATS at {', '.join(urls)} within {startup_timeout:g} s: "
                 f"{str(last) or type(last).__name__}"
             ) from exc
-        return cls(nc, nc.jetstream(timeout=10.0), drops)
+        return cls(nc, nc.jetstream(timeout=PUBLISH_TIMEOUT_S), drops)
 
     async def _request(self, op: Awaitable[T]) -> T:
         """Await one request, abandoned with ``NatsUnavailable`` if the connection drops first.
@@ -351,9 +439,7 @@ class JetStreamBus:
     async def publish(self, subject: str, data: bytes, *, msg_id: str) -> int:
         """Publish with a JetStream dedupe id; returns the stream sequence."""
         try:
-            ack = await self._request(
-                self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
-            )
+            ack = await self._write(subject, data, {"Nats-Msg-Id": msg_id})
         except nats.errors.MaxPayloadError as exc:
             raise PublishRefused(f"{len(data)} bytes exceed the server's max_payload") from exc
         except nats.js.errors.APIError as exc:
@@ -365,7 +451,13 @@ class JetStreamBus:
             raise NatsUnavailable(f"publish to {subject} failed: {exc}") from exc
         except _TRANSPORT_ERRORS as exc:
             raise NatsUnavailable(f"publish to {subject} failed: {exc}") from exc
-        return int(ack.seq)
+        return int(ack["seq"])
+
+    async def _write(
+        self, subject: str, data: bytes, headers: dict[str, str] | None
+    ) -> dict[str, Any]:
+        """One JetStream write (a stream publish or a KV write), its ack's JSON."""
+        return await self._acks.publish(self.nc, subject, data, headers, PUBLISH_TIMEOUT_S)
 
     async def submissions(self, config: BrokerConfig) -> JetStreamContext.PullSubscription:
         return await self.pull(
@@ -534,6 +626,10 @@ class JetStreamBus:
 
     async def kv_create(self, bucket: str, key: str, value: bytes) -> int:
         try:
+            return await self._kv_write(bucket, key, value, last=0)
+        except KvConflict:
+            pass  # or deleted: nats-py's create re-creates a key behind a delete marker
+        try:
             return int(await self._request(self._kv[bucket].create(key, value)))
         except nats.js.errors.KeyWrongLastSequenceError as exc:
             raise KvConflict(f"{bucket}/{key} exists") from exc
@@ -542,17 +638,36 @@ class JetStreamBus:
 
     async def kv_update(self, bucket: str, key: str, value: bytes, revision: int) -> int:
         try:
-            return int(await self._request(self._kv[bucket].update(key, value, last=revision)))
-        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            return await self._kv_write(bucket, key, value, last=revision)
+        except KvConflict as exc:
             raise KvConflict(f"{bucket}/{key} changed") from exc
         except _TRANSPORT_ERRORS as exc:
             raise NatsUnavailable(f"kv update {bucket}/{key} failed: {exc}") from exc
 
     async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
         try:
-            return int(await self._request(self._kv[bucket].put(key, value)))
+            return await self._kv_write(bucket, key, value)
         except _TRANSPORT_ERRORS as exc:
             raise NatsUnavailable(f"kv put {bucket}/{key} failed: {exc}") from exc
+
+    async def _kv_write(
+        self, bucket: str, key: str, value: bytes, *, last: int | None = None
+    ) -> int:
+        """A KV put, or with ``last`` a compare-and-set (0: the key must not exist), as
+        nats-py's KV writes it, through the cheap publish path; ``KvConflict`` when the
+        key's last revision is not ``last``."""
+        if bucket not in self._kv:
+            raise KeyError(bucket)  # as nats-py's KV: a bucket this broker never bound
+        if not _is_key_valid(key):
+            raise nats.js.errors.InvalidKeyError(key)
+        headers = None if last is None else {"Nats-Expected-Last-Subject-Sequence": str(last)}
+        try:
+            ack = await self._write(f"$KV.{bucket}.{key}", value, headers)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == _WRONG_LAST_SEQUENCE:
+                raise KvConflict(f"{bucket}/{key}: not at revision {last}") from exc
+            raise
+        return int(ack["seq"])
 
     async def kv_delete(self, bucket: str, key: str) -> None:
         """Delete ``key`` (a delete marker; history keeps the old values until purged)."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,10 @@ from .metrics import BrokerMetrics, status_label
 
 log = logging.getLogger("ssr.router")
 CAS_RETRIES = 8
+# The message records this broker wrote last, as written, to update without reading first
+# (a receipt follows its message within seconds): at most this many, this many seconds old.
+RECENT_RECORDS = 4_096
+RECENT_RECORD_S = 300.0
 SWEEP_SCAN = 1_000  # records one sweep reads in turn, besides its own messages that are due
 MAX_INCIDENT_BYTES = 64 * 1024
 MAX_ENTRY_BYTES = 64 * 1024
@@ -124,7 +129,9 @@ class MessageRecord(BaseModel):
     deadline: int
     receipts: dict[str, dict[str, int]] = {}  # recipient -> receipt kind -> at
     escalated: bool = False
-    routed: bool = False  # every step of routing done: a second submission is a replay
+    # The SSR_SUBMIT sequence of the submission that claimed the id: only that submission,
+    # handed out again, finishes the attempt; any other submission of the id is a replay.
+    submission: int | None = None
     granted: dict[str, int] = {}  # late joiner -> when its key grant was delivered
     answer_by: int | None = None  # a request's deadline (control.deadline)
     answers: dict[str, int] = {}  # recipient -> creation time of its first reply
@@ -182,11 +189,14 @@ class Router:
         self._incident_writes = asyncio.Lock()  # see _apply_control and _join
         # Message id -> when the sweep next looks at it, for messages this broker accepted.
         self._due: dict[str, int] = {}
+        # Message id -> (record JSON, revision, when written): see _recent_record.
+        self._recent: OrderedDict[str, tuple[bytes, int, float]] = OrderedDict()
 
     # --- entry ------------------------------------------------------------------------
 
-    async def route(self, subject: str, data: bytes, *, redelivered: bool) -> None:
-        """Handle one submission completely; raises only NatsUnavailable (retry later)."""
+    async def route(self, subject: str, data: bytes, *, redelivered: bool, sequence: int) -> None:
+        """Handle one submission completely; raises only NatsUnavailable (retry later).
+        ``sequence``: its SSR_SUBMIT stream sequence (the same on every redelivery)."""
         actor = subjects.actor_of_submit(subject)
         if actor is None:  # the stream only binds ssr.submit.*, so this is not reachable
             log.warning("submission on unexpected subject %r dropped", subject)
@@ -199,7 +209,7 @@ class Router:
         elif kind == b"G":
             await self._grant(actor, data)
         else:
-            await self._envelope(actor, data, redelivered=redelivered)
+            await self._envelope(actor, data, redelivered=redelivered, sequence=sequence)
 
     def is_barrier(self, subject: str, data: bytes) -> bool:
         """Whether a submission may change what later ones are decided against (a mode
@@ -241,10 +251,12 @@ class Router:
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         return decision
 
-    async def _envelope(self, actor: str, data: bytes, *, redelivered: bool) -> None:
+    async def _envelope(self, actor: str, data: bytes, *, redelivered: bool, sequence: int) -> None:
         started = time.perf_counter()
         decision = await self._decision(actor, data)
-        await self._accept_or_refuse(actor, data, decision, redelivered=redelivered)
+        await self._accept_or_refuse(
+            actor, data, decision, redelivered=redelivered, sequence=sequence
+        )
         self.metrics.routing_seconds.observe(time.perf_counter() - started)
 
     async def _decision(self, actor: str, data: bytes) -> Accept | Reject:
@@ -271,16 +283,23 @@ class Router:
         return decision
 
     async def _accept_or_refuse(
-        self, actor: str, data: bytes, decision: Accept | Reject, *, redelivered: bool
+        self,
+        actor: str,
+        data: bytes,
+        decision: Accept | Reject,
+        *,
+        redelivered: bool,
+        sequence: int,
     ) -> None:
         if isinstance(decision, Accept):
-            decision = await self._within_budget(decision, redelivered=redelivered)
+            decision = await self._within_budget(
+                decision, redelivered=redelivered, sequence=sequence
+            )
         # Counted when the message id is claimed, so finishing an interrupted attempt of our
         # own (a redelivery after a lost ack or a NATS restart) counts nothing twice.
         resumed = False
-        claimed: tuple[MessageRecord, int] | None = None
         if isinstance(decision, Accept):
-            decision, resumed, claimed = await self._claim(actor, decision, redelivered=redelivered)
+            decision, resumed = await self._claim(actor, decision, sequence=sequence)
         status = (
             status_label(decision.status) if isinstance(decision, Accept) else self._status(data)
         )
@@ -291,22 +310,13 @@ class Router:
             return
         if not resumed:
             self._count_accepted(decision, status)
-        await self._fan_out(decision)
-        await self._apply_control(decision)
         header = decision.envelope.header
-        # Independent of each other, each idempotent (dedupe ids, keys): at once.
+        # Independent of each other, each idempotent (dedupe ids, keys): at once. The
+        # sender hears the verdict last, when everything it may look up exists.
         await asyncio.gather(
+            self._fan_out(decision),
             self._index(decision),
             self._record_answers(decision),
-            self._notify(
-                actor,
-                data,
-                NoticeKind.ACCEPTED,
-                key=f"{header.id}.accepted",
-                message=header.id,
-                header_hash=decision.envelope.header_hash,
-                recipients=header.recipients,
-            ),
             self.audit(
                 AuditKind.ACCEPTED,
                 key=header.id,
@@ -319,7 +329,16 @@ class Router:
                 incident=header.incident,
             ),
         )
-        await self._update_record(header.id, _mark_routed, known=claimed)
+        await self._apply_control(decision)
+        await self._notify(
+            actor,
+            data,
+            NoticeKind.ACCEPTED,
+            key=f"{header.id}.accepted",
+            message=header.id,
+            header_hash=decision.envelope.header_hash,
+            recipients=header.recipients,
+        )
 
     def _status(self, data: bytes) -> str:
         """Status for metrics of a refused envelope: only when its header verifies."""
@@ -390,7 +409,9 @@ class Router:
         # AMBER content reaches no actor that was not on the original.
         return ForwardOrigin(record[0].parsed_header(), record[0].header_hash)
 
-    async def _within_budget(self, decision: Accept, *, redelivered: bool) -> Accept | Reject:
+    async def _within_budget(
+        self, decision: Accept, *, redelivered: bool, sequence: int
+    ) -> Accept | Reject:
         """Charge the verified sender one delivery per recipient; refuse it over budget.
 
         Checked before the message id is claimed, so a refused envelope leaves no record
@@ -411,7 +432,7 @@ class Router:
         if verdict.allowed:
             return decision
         found = await self._record(header.id)  # an attempt of ours to finish, never refused
-        if found is not None and _resumable(found[0], envelope.header_hash, redelivered):
+        if found is not None and _resumable(found[0], envelope.header_hash, sequence):
             return decision
         retry = (
             "it can never fit"
@@ -428,13 +449,13 @@ class Router:
         )
 
     async def _claim(
-        self, actor: str, decision: Accept, *, redelivered: bool
-    ) -> tuple[Accept | Reject, bool, tuple[MessageRecord, int] | None]:
+        self, actor: str, decision: Accept, *, sequence: int
+    ) -> tuple[Accept | Reject, bool]:
         """Record the message id; a second submission of an id is a replay.
 
-        Returns the decision, whether this resumes an earlier attempt of ours (a
-        redelivery after a crash or a lost ack), which metrics must not count twice, and
-        the record with its revision as claimed or found.
+        Returns the decision and whether this resumes an earlier attempt (the same
+        submission handed out again after a crash, a lost ack or a consumer-leader
+        failover), which metrics must not count twice.
         """
         envelope = decision.envelope
         record = MessageRecord(
@@ -444,25 +465,26 @@ class Router:
             accepted=self.clock(),
             deadline=decision.receipt_deadline,
             answer_by=_answer_by(envelope.header),
+            submission=sequence,
         )
+        value = record.model_dump_json().encode()
         try:
-            revision = await self.bus.kv_create(
-                subjects.MESSAGES_BUCKET, envelope.header.id, record.model_dump_json().encode()
-            )
+            revision = await self.bus.kv_create(subjects.MESSAGES_BUCKET, envelope.header.id, value)
+            self._remember(envelope.header.id, value, revision)
             self._follow(envelope.header.id, record, -1)  # for the sweep: when it is due
-            return decision, False, (record, revision)
+            return decision, False
         except KvConflict:
             existing = await self._record(envelope.header.id)
-        if existing is not None and _resumable(existing[0], envelope.header_hash, redelivered):
-            # Our own earlier attempt stopped before the end: finish it.
-            return decision, True, existing
+        if existing is not None and _resumable(existing[0], envelope.header_hash, sequence):
+            # The claiming submission again: an earlier attempt may have stopped short.
+            return decision, True
         reject = Reject(
             Reason.REPLAY,
             "message id already seen",
             message_id=envelope.header.id,
             sender=envelope.header.sender,
         )
-        return reject, False, None
+        return reject, False
 
     def _count_accepted(self, decision: Accept, status: str) -> None:
         header = decision.envelope.header
@@ -722,8 +744,10 @@ class Router:
         known: tuple[MessageRecord, int] | None,
     ) -> MessageRecord | None:
         for attempt in range(CAS_RETRIES):
-            if attempt == 0 and known is not None:
-                found: tuple[MessageRecord, int] | None = known  # changed in place
+            if attempt == 0:
+                found = known or self._recent_record(message_id)  # known: changed in place
+                if found is None:
+                    found = await self._record(message_id)
             else:
                 found = await self._record(message_id)
             if found is None:
@@ -731,16 +755,16 @@ class Router:
             record, revision = found
             if not change(record):
                 return None
+            value = record.model_dump_json().encode()
             try:
-                await self.bus.kv_update(
-                    subjects.MESSAGES_BUCKET,
-                    message_id,
-                    record.model_dump_json().encode(),
-                    revision,
+                revision = await self.bus.kv_update(
+                    subjects.MESSAGES_BUCKET, message_id, value, revision
                 )
-                return record
             except KvConflict:
+                self._recent.pop(message_id, None)
                 continue
+            self._remember(message_id, value, revision)
+            return record
         log.warning("message record %s kept changing; an update was given up", message_id)
         return None
 
@@ -810,7 +834,7 @@ class Router:
                     "receipt published on another actor's subject", code="receipt_signer_mismatch"
                 )
             body = receipt.body
-            found = await self._record(body.message)
+            found = self._recent_record(body.message) or await self._record(body.message)
             if found is None:
                 raise ReceiptError("no such message", code="receipt_unknown_message")
             record = found[0]
@@ -943,6 +967,21 @@ class Router:
             raise GrantError(
                 f"sealed to a key {body.recipient} cannot use now", code="recipient_key_invalid"
             )
+
+    def _remember(self, message_id: str, value: bytes, revision: int) -> None:
+        self._recent[message_id] = (value, revision, time.monotonic())
+        self._recent.move_to_end(message_id)
+        while len(self._recent) > RECENT_RECORDS:
+            self._recent.popitem(last=False)
+
+    def _recent_record(self, message_id: str) -> tuple[MessageRecord, int] | None:
+        """A record as this broker last wrote it, parsed afresh (callers change it), or
+        None. Only a first guess: its header and hash never change, and an update made
+        on it after another broker's is refused by the compare-and-set, which reads again."""
+        recent = self._recent.get(message_id)
+        if recent is None or time.monotonic() - recent[2] > RECENT_RECORD_S:
+            return None
+        return MessageRecord.model_validate_json(recent[0]), recent[1]
 
     async def _record(self, message_id: str) -> tuple[MessageRecord, int] | None:
         try:
@@ -1164,12 +1203,13 @@ def _answer_by(header: Header) -> int | None:
     return header.control.deadline
 
 
-def _resumable(record: MessageRecord, header_hash: str, redelivered: bool) -> bool:
-    """Whether a submission whose id is already claimed finishes an earlier attempt of
-    ours rather than replaying the message: the same envelope, and either JetStream
-    says it is a redelivery or the earlier attempt never reached its end (after a
-    consumer-leader failover a redelivery can arrive with a delivery count of one)."""
-    return record.header_hash == header_hash and (redelivered or not record.routed)
+def _resumable(record: MessageRecord, header_hash: str, sequence: int) -> bool:
+    """Whether a submission whose id is already claimed finishes an earlier attempt
+    rather than replaying the message: the same envelope in the same stream message
+    (a redelivery, whatever its delivery count says: after a consumer-leader failover
+    it can be one). Every step of routing is idempotent, so finishing twice is harmless;
+    the same bytes published again are a new stream message, and a replay."""
+    return record.header_hash == header_hash and record.submission == sequence
 
 
 @dataclass
@@ -1188,13 +1228,6 @@ class _Marks:
         record.escalated = record.escalated or self.escalated
         record.overdue = record.overdue or self.overdue
         return self.set_escalated or self.set_overdue
-
-
-def _mark_routed(record: MessageRecord) -> bool:
-    if record.routed:
-        return False
-    record.routed = True
-    return True
 
 
 def _answered(record: MessageRecord, reference: Reference, reply: Header) -> bool:

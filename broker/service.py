@@ -240,7 +240,12 @@ class Service:
         if redelivered:
             self.metrics.redelivered.inc()
         try:
-            await router.route(msg.subject, msg.data, redelivered=redelivered)
+            await router.route(
+                msg.subject,
+                msg.data,
+                redelivered=redelivered,
+                sequence=msg.metadata.sequence.stream,
+            )
         except NatsUnavailable as exc:
             log.warning("will retry a submission: %s", exc.message)
             with contextlib.suppress(Exception):

@@ -57,6 +57,7 @@ import os
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -128,7 +129,7 @@ from ._errors import (
 )
 from ._grants import GrantRequest, PendingGrants, Refuse, Wait
 from ._handles import MessageStatus, RecipientStatus, SendHandle, SendState, wait_for_event
-from ._inbox import Inbox
+from ._inbox import Inbox, InboxItem
 from ._message import Message
 from ._outbox import Outbox, OutboxItem
 from ._transport import Delivery, Transport
@@ -149,6 +150,10 @@ EXPIRY_CHECK_S = 1.0
 MAX_PENDING_GRANTS = 1000  # grant requests waiting for the activation that adds the newcomer
 MAX_INDEX_ENTRIES = 10_000  # index entries of one incident read to find what is missing
 MAX_INDEX_ENTRY_BYTES = 64 * 1024
+# Openings kept in memory from admission to hand-over, so that a message is not verified
+# and decrypted twice; beyond either bound the oldest are dropped (and opened again).
+MAX_OPENINGS = 1_024
+MAX_OPENING_BYTES = 16 * 1024 * 1024  # payload bytes
 
 
 def _now_ms() -> int:
@@ -166,6 +171,79 @@ async def _stop(tasks: list[asyncio.Task[None]], actor: str, timeout: float = 5.
         _, pending = await asyncio.wait(pending, timeout=0.1)
     for task in pending:
         log.warning("%s: task %s did not stop in time", actor, task.get_name())
+
+
+@dataclass(frozen=True, slots=True)
+class _Opening:
+    """What admission learnt by opening a frame, and the inputs it was opened with.
+
+    Opening is a function of the frame, this client's keys, the directory, the policy and
+    the time (the admission time, which the inbox keeps as ``received``). The keys never
+    change within a client, so the opening may stand in for opening again at hand-over
+    exactly while the other inputs are the same objects and bytes as at admission.
+    """
+
+    header: Header
+    header_hash: str
+    payload: bytes
+    digest: bytes  # SHA-256 of the frame as admitted
+    received: int
+    directory: VerifiedDirectory
+    policy: Policy
+
+    def holds_for(
+        self, data: bytes, received: int, directory: VerifiedDirectory | None, policy: Policy
+    ) -> bool:
+        """Whether opening ``data`` now would give this very result: any other directory
+        object (a new version, whatever it changed) or policy means open again."""
+        return (
+            directory is self.directory
+            and policy is self.policy
+            and received == self.received
+            and crypto.sha256(data) == self.digest
+        )
+
+
+class _Openings:
+    """The openings of admitted messages by message id, bounded by count and payload bytes.
+
+    The oldest are dropped first to make room; one larger than the byte bound is not
+    kept. A message without its opening here is simply opened again at hand-over.
+    """
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, _Opening] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, message_id: str, opening: _Opening) -> bool:
+        """Keep ``opening``; False (nothing changed) if it cannot fit or an opening is kept
+        for ``message_id`` already (a concurrent admission of the same id owns that one)."""
+        size = len(opening.payload)
+        if message_id in self._entries or self.max_entries < 1 or size > self.max_bytes:
+            return False
+        while self._entries and (
+            len(self._entries) >= self.max_entries or self.bytes + size > self.max_bytes
+        ):
+            _, dropped = self._entries.popitem(last=False)
+            self.bytes -= len(dropped.payload)
+        self._entries[message_id] = opening
+        self.bytes += size
+        return True
+
+    def pop(self, message_id: str) -> _Opening | None:
+        opening = self._entries.pop(message_id, None)
+        if opening is not None:
+            self.bytes -= len(opening.payload)
+        return opening
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
 
 
 class Client:
@@ -210,6 +288,8 @@ class Client:
         self._transport: Transport | None = None
         self._outbox: Outbox | None = None
         self._inbox: Inbox | None = None
+        # Admission's openings for the hand-over; empty after a restart (all opened again).
+        self._openings = _Openings(MAX_OPENINGS, MAX_OPENING_BYTES)
         self._archive: Archive | None = None
         self._handles: OrderedDict[str, SendHandle] = OrderedDict()  # by submission hash
         self._by_id: dict[str, SendHandle] = {}
@@ -306,6 +386,7 @@ class Client:
         for store in (self._outbox, self._inbox, self._archive):
             if store is not None:
                 store.close()
+        self._openings.clear()
 
     @property
     def connected(self) -> bool:
@@ -969,7 +1050,7 @@ class Client:
             for item in items:
                 if self._closed:
                     return
-                message = self._reopen(item.data, item.received)
+                message = self._hand_over(item)
                 await asyncio.to_thread(inbox.take, item.message_id)
                 if message is not None:
                     yield message
@@ -1007,6 +1088,22 @@ class Client:
         if data[4:5] == b"G":
             return self._open_grant(self._verify_grant(data, now), now)
         return self._open(data, now)
+
+    def _hand_over(self, item: InboxItem) -> Message | None:
+        """The message of a waiting inbox row, or None if it no longer opens.
+
+        Admission's opening is reused only if it holds for the row as it is and for the
+        directory and policy in force now (:meth:`_Opening.holds_for`); otherwise the
+        frame is opened again, so a directory change since admission (a revoked key)
+        still stops a waiting envelope. Either way the kept opening is forgotten.
+        """
+        opening = self._openings.pop(item.message_id)
+        if opening is None or not opening.holds_for(
+            item.data, item.received, self._directory, self.policy
+        ):
+            return self._reopen(item.data, item.received)
+        granted = item.data[4:5] == b"G"
+        return Message(opening.header, opening.header_hash, opening.payload, self, granted)
 
     def _reopen(self, data: bytes, received: int) -> Message | None:
         try:
@@ -1281,9 +1378,11 @@ class Client:
     async def _envelope(self, data: bytes, now: int) -> str:
         """Verify, open, archive and admit one envelope; queue its delivered receipt.
         Returns ``admitted``, ``duplicate`` or ``refused``."""
-        opened = None
+        opened: OpenedEnvelope | None = None
+        directory: VerifiedDirectory | None = None
         for attempt in range(2):
             try:
+                directory = self.directory  # the version this attempt opens against
                 opened = self._open(data, now)
                 break
             except OpenError as exc:
@@ -1296,13 +1395,15 @@ class Client:
                 self.refused += 1
                 return "refused"
         assert opened is not None
-        return await self._admit(Direction.RECEIVED, opened, data, now)
+        assert directory is not None
+        return await self._admit(Direction.RECEIVED, opened, data, now, directory)
 
     async def _granted(self, data: bytes, now: int) -> str:
         """A key grant (``G`` frame): verify it and the envelope inside, open it, archive it
         and admit it like an envelope, but sign no receipt: the broker could not match it,
         as this actor is not among the envelope's signed recipients. Returns
         ``admitted``, ``duplicate``, ``not_for_me`` or ``refused``."""
+        directory = self.directory  # what the grant and its envelope are opened against
         try:
             grant = self._verify_grant(data, now)
             if grant.body.recipient != self.actor:
@@ -1312,17 +1413,24 @@ class Client:
             log.warning("%s: refused a key grant (%s)", self.actor, exc.code)
             self.refused += 1
             return "refused"
-        outcome = await self._admit(Direction.GRANTED, opened, data, now)
+        outcome = await self._admit(Direction.GRANTED, opened, data, now, directory)
         if outcome == "admitted":
             log.info("%s: %s granted by %s", self.actor, opened.header.id, opened.header.sender)
         return outcome
 
     async def _admit(
-        self, direction: Direction, opened: OpenedEnvelope, data: bytes, now: int
+        self,
+        direction: Direction,
+        opened: OpenedEnvelope,
+        data: bytes,
+        now: int,
+        directory: VerifiedDirectory,
     ) -> str:
         """The one admission path of a verified, opened frame (from NATS or a bundle):
         deduplicated against the inbox, archived, its delivered receipt queued (not for a
-        grant), admitted. Returns ``admitted`` or ``duplicate``."""
+        grant), admitted. ``directory`` is the version ``opened`` was opened against: the
+        opening is kept for the hand-over (:meth:`_hand_over`), grants too, as theirs
+        depends on the same inputs. Returns ``admitted`` or ``duplicate``."""
         header, inbox = opened.header, self._inbox
         assert inbox is not None
         if await asyncio.to_thread(inbox.__contains__, header.id):
@@ -1346,9 +1454,31 @@ class Client:
                 header.expires // 1000,
             )
             self._outbox_ready.set()
-        if await asyncio.to_thread(inbox.admit, header.id, header.expires // 1000, data, now):
+        # Kept before the row is committed, so that a hand-over racing this admission
+        # finds it; forgotten again if the row is not admitted.
+        opening = _Opening(
+            header,
+            opened.header_hash,
+            opened.payload,
+            crypto.sha256(data),
+            now,
+            directory,
+            self.policy,
+        )
+        kept = self._openings.put(header.id, opening)
+        try:
+            admitted = await asyncio.to_thread(
+                inbox.admit, header.id, header.expires // 1000, data, now
+            )
+        except BaseException:
+            if kept:
+                self._openings.pop(header.id)
+            raise
+        if admitted:
             self._arrived.set()
             return "admitted"
+        if kept:
+            self._openings.pop(header.id)
         return "duplicate"
 
     # --- key grants for late joiners ----------------------------------------------------------

@@ -132,7 +132,12 @@ async def test_a_redelivery_of_an_accepted_submission_is_never_rate_limited(
 
     # The budget is spent; JetStream hands the same submission back (a lost ack, a broker
     # that stopped before acking): the broker finishes it, it does not refuse it.
-    await service.router.route(subjects.submit_subject("nacka"), first, redelivered=True)
+    claimed = await service.router._record(header.id)
+    assert claimed is not None
+    assert claimed[0].submission is not None
+    await service.router.route(
+        subjects.submit_subject("nacka"), first, redelivered=True, sequence=claimed[0].submission
+    )
     assert metric(service, REJECTED, reason=RATE_LIMITED, status="actual") == 0
     assert metric(service, REJECTED, reason="replay", status="actual") == 0
     assert metric(service, "ssr_broker_envelopes_received_total", status="actual") == received

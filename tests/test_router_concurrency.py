@@ -5,6 +5,7 @@ failed before its fix (an attacker's review of the lanes, issue 9 item 11)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -112,6 +113,9 @@ def hold_first_read(bus: FakeBus, key: str) -> None:
     bus.gates[key] = gate
 
 
+SEQUENCES = itertools.count(1)  # stream sequences of the submissions routed here
+
+
 async def route_together(router: Router, *submissions: tuple[str, bytes]) -> None:
     """Route each ``(actor, data)`` in its own lane, concurrently, as the service does."""
     lanes = Lanes(10)
@@ -119,7 +123,9 @@ async def route_together(router: Router, *submissions: tuple[str, bytes]) -> Non
         subject = subjects.submit_subject(actor)
         lanes.start(
             subject,
-            lambda subject=subject, data=data: router.route(subject, data, redelivered=False),  # type: ignore[misc]
+            lambda subject=subject, data=data: router.route(
+                subject, data, redelivered=False, sequence=next(SEQUENCES)
+            ),  # type: ignore[misc]
         )
     assert await lanes.drain(5)
 
@@ -165,14 +171,21 @@ async def test_messages_after_another_brokers_activation_are_accepted_in_every_l
 
 async def delivered_once(router: Router, region: Any, make_envelope: Any) -> tuple[Any, str]:
     envelope = make_envelope(sender="nacka", to=("polisen-stockholm",))
-    await router.route(subjects.submit_subject("nacka"), envelope, redelivered=False)
+    await router.route(
+        subjects.submit_subject("nacka"), envelope, redelivered=False, sequence=next(SEQUENCES)
+    )
     return header_of(envelope), read_envelope(envelope, region.directory).header_hash
 
 
 async def forwarded(router: Router, bus: FakeBus, receipt: bytes) -> bool:
     """Route ``receipt`` again; whether it was forwarded to the sender."""
     before = len(bus.published)
-    await router.route(subjects.submit_subject("polisen-stockholm"), receipt, redelivered=False)
+    await router.route(
+        subjects.submit_subject("polisen-stockholm"),
+        receipt,
+        redelivered=False,
+        sequence=next(SEQUENCES),
+    )
     return any(m.startswith("r.") for _, m in bus.published[before:])
 
 
@@ -233,9 +246,19 @@ async def test_the_joins_task_never_drops_a_join_its_activation_has_not_written_
 
     bus.kv_entries = kv_entries  # type: ignore[attr-defined]
     first = activation(make_envelope, ("sos-alarm",))
-    await router.route(subjects.submit_subject("polisen-stockholm"), first, redelivered=False)
+    await router.route(
+        subjects.submit_subject("polisen-stockholm"),
+        first,
+        redelivered=False,
+        sequence=next(SEQUENCES),
+    )
     report = make_envelope(sender="polisen-stockholm", to=("sos-alarm",), incident=STORM)
-    await router.route(subjects.submit_subject("polisen-stockholm"), report, redelivered=False)
+    await router.route(
+        subjects.submit_subject("polisen-stockholm"),
+        report,
+        redelivered=False,
+        sequence=next(SEQUENCES),
+    )
     real_put = bus.kv_put
     joins_task: list[asyncio.Task[int]] = []
 
@@ -250,7 +273,12 @@ async def test_the_joins_task_never_drops_a_join_its_activation_has_not_written_
     # A minute later: what came before it is what the newcomers are offered.
     router.clock = lambda: NOW + 60_000
     second = activation(make_envelope, ("sos-alarm", "nacka", "stockholm"), created=NOW + 60_000)
-    await router.route(subjects.submit_subject("polisen-stockholm"), second, redelivered=False)
+    await router.route(
+        subjects.submit_subject("polisen-stockholm"),
+        second,
+        redelivered=False,
+        sequence=next(SEQUENCES),
+    )
     await asyncio.wait_for(joins_task[0], 5)
     await router.process_joins()  # the next round: stockholm, queued after the listing
     # Each newcomer's grant requests (for the first activation and the report) went to
@@ -285,12 +313,16 @@ async def test_the_sweep_reads_its_own_due_messages_and_a_bounded_slice_of_the_r
     own = []
     for _ in range(12):
         envelope = make_envelope(sender="nacka", to=("polisen-stockholm",))
-        await router.route(subjects.submit_subject("nacka"), envelope, redelivered=False)
+        await router.route(
+            subjects.submit_subject("nacka"), envelope, redelivered=False, sequence=next(SEQUENCES)
+        )
         own.append(header_of(envelope).id)
     # Another broker's message, past its deadline: only the turn-by-turn reading finds it.
     other = make_envelope(sender="solna", to=("stockholm",))
     elsewhere = router_for(region, bus, clock=lambda: now[0])
-    await elsewhere.route(subjects.submit_subject("solna"), other, redelivered=False)
+    await elsewhere.route(
+        subjects.submit_subject("solna"), other, redelivered=False, sequence=next(SEQUENCES)
+    )
     foreign = header_of(other).id
 
     reads.clear()

@@ -253,15 +253,16 @@ async def test_an_attempt_cut_off_after_the_claim_is_finished_not_refused_as_a_r
 
     router._fan_out = cut_off  # type: ignore[method-assign]
     with pytest.raises(NatsUnavailable):
-        await router.route(subjects.submit_subject("nacka"), data, redelivered=False)
+        await router.route(subjects.submit_subject("nacka"), data, redelivered=False, sequence=1)
     router._fan_out = fan_out  # type: ignore[method-assign]
-    await router.route(subjects.submit_subject("nacka"), data, redelivered=False)
+    await router.route(subjects.submit_subject("nacka"), data, redelivered=False, sequence=1)
     await net.delivered(header.id, header.recipients)
+    await wait_until(lambda: net["nacka"].notices_about(data), "the verdict")
     verdicts = [(n.kind, n.reason) for n in net["nacka"].notices_about(data)]
     assert verdicts == [(NoticeKind.ACCEPTED, None)]
 
-    # Once routing finished, the same bytes again are a replay.
-    await router.route(subjects.submit_subject("nacka"), data, redelivered=False)
+    # The same bytes published again (another stream message) are a replay.
+    await router.route(subjects.submit_subject("nacka"), data, redelivered=False, sequence=2)
     await wait_until(lambda: len(net["nacka"].notices_about(data)) == 2, "the replay verdict")
     assert net["nacka"].notices_about(data)[-1].reason == "replay"
 
@@ -299,10 +300,10 @@ async def test_a_receipt_recorded_but_cut_off_before_forwarding_is_forwarded_on_
 
     router.bus.publish = cut_off  # type: ignore[method-assign]
     with pytest.raises(NatsUnavailable):
-        await router.route(subjects.submit_subject("solna"), receipt, redelivered=False)
+        await router.route(subjects.submit_subject("solna"), receipt, redelivered=False, sequence=1)
     router.bus.publish = publish  # type: ignore[method-assign]
     assert net["nacka"].receipts == []
-    await router.route(subjects.submit_subject("solna"), receipt, redelivered=False)
+    await router.route(subjects.submit_subject("solna"), receipt, redelivered=False, sequence=1)
     await wait_until(lambda: len(net["nacka"].receipts) == 1, "the receipt forwarded")
 
     # Beyond the window (by the router's clock) the same bytes are recorded already and
@@ -312,7 +313,7 @@ async def test_a_receipt_recorded_but_cut_off_before_forwarding_is_forwarded_on_
         router.bus.js, subjects.DELIVER_STREAM, subjects.deliver_subject("nacka")
     )
     await asyncio.sleep(0.01)
-    await router.route(subjects.submit_subject("solna"), receipt, redelivered=False)
+    await router.route(subjects.submit_subject("solna"), receipt, redelivered=False, sequence=2)
     again = await stream_messages(
         router.bus.js, subjects.DELIVER_STREAM, subjects.deliver_subject("nacka")
     )

@@ -436,7 +436,9 @@ def decrypt_with(signed: SignedEnvelope, wrap: Wrap, me: Identity) -> OpenedEnve
         if wrap.key_id != me.encryption.key_id:
             raise crypto.CryptoFailure
         # The Wrap model guarantees an 80-byte box, so a box that opens holds 32 bytes.
-        content_key = crypto.seal_open(unb64(wrap.sealed), me.encryption.secret)
+        content_key = crypto.seal_open(
+            unb64(wrap.sealed), me.encryption.secret, me.encryption.public
+        )
     except crypto.CryptoFailure as exc:
         raise OpenError("envelope cannot be opened") from exc
     return decrypt_own(signed, content_key)
