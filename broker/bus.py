@@ -629,6 +629,8 @@ class JetStreamBus:
             return await self._kv_write(bucket, key, value, last=0)
         except KvConflict:
             pass  # or deleted: nats-py's create re-creates a key behind a delete marker
+        except _TRANSPORT_ERRORS as exc:
+            raise NatsUnavailable(f"kv create {bucket}/{key} failed: {exc}") from exc
         try:
             return int(await self._request(self._kv[bucket].create(key, value)))
         except nats.js.errors.KeyWrongLastSequenceError as exc:
