@@ -91,6 +91,7 @@ from broker.core import (
     VerifiedDirectory,
     VerifiedGrant,
     check_receipt_matches,
+    check_sender,
     crypto,
     decide,
     decrypt_own,
@@ -171,6 +172,15 @@ async def _stop(tasks: list[asyncio.Task[None]], actor: str, timeout: float = 5.
         _, pending = await asyncio.wait(pending, timeout=0.1)
     for task in pending:
         log.warning("%s: task %s did not stop in time", actor, task.get_name())
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """What the stores did with an admission (:meth:`Client._store_admission`)."""
+
+    new: bool = False  # False: a duplicate, nothing stored
+    archive_error: str | None = None  # the archive refused it (logged, not fatal)
+    admitted: bool = False  # the inbox took it (False: a duplicate after all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,10 +509,11 @@ class Client:
                 f"{self.policy.limits.max_envelope_bytes}",
                 code="too_large",
             )
-        try:
-            envelope = read_envelope(data, directory)
+        try:  # what reading it back would check besides the signature just made
+            check_sender(directory, sealed.header, self.identity.signing.key_id)
         except CoreError as exc:  # e.g. our signing key is not (yet) in the directory
             raise SendError(exc.message, code=exc.code) from exc
+        envelope = sealed
         handle = SendHandle(envelope.header, envelope.header_hash, crypto.sha256(data).hex())
         self._track(handle)
         # Archived before it is queued: the content key of an incident message must
@@ -1431,29 +1442,12 @@ class Client:
         grant), admitted. ``directory`` is the version ``opened`` was opened against: the
         opening is kept for the hand-over (:meth:`_hand_over`), grants too, as theirs
         depends on the same inputs. Returns ``admitted`` or ``duplicate``."""
-        header, inbox = opened.header, self._inbox
-        assert inbox is not None
-        if await asyncio.to_thread(inbox.__contains__, header.id):
-            return "duplicate"  # a redelivery: the receipt was queued when it was first admitted
-        # Archived first: adding is idempotent, and a crash after the admission would
-        # leave the message out of the archive for good (a redelivery is a duplicate).
-        await self._archive_add(direction, header, opened.header_hash, data)
+        header = opened.header
+        receipt = None
         if direction is Direction.RECEIVED:
-            # Receipt first, then the admission: a crash between them re-queues the same
-            # receipt under the same key on redelivery; the other order could lose it.
-            outbox = self._outbox
-            assert outbox is not None
             receipt = make_receipt(
                 self.identity, header, opened.header_hash, ReceiptKind.DELIVERED, at=now
             )
-            await asyncio.to_thread(
-                outbox.enqueue,
-                _receipt_key(header.id, self.actor, ReceiptKind.DELIVERED),
-                self._subject,
-                receipt,
-                header.expires // 1000,
-            )
-            self._outbox_ready.set()
         # Kept before the row is committed, so that a hand-over racing this admission
         # finds it; forgotten again if the row is not admitted.
         opening = _Opening(
@@ -1467,19 +1461,62 @@ class Client:
         )
         kept = self._openings.put(header.id, opening)
         try:
-            admitted = await asyncio.to_thread(
-                inbox.admit, header.id, header.expires // 1000, data, now
+            stored = await asyncio.to_thread(
+                self._store_admission, direction, opened, data, now, receipt
             )
         except BaseException:
             if kept:
                 self._openings.pop(header.id)
             raise
-        if admitted:
+        if stored.archive_error is not None:
+            log.error("%s: %s not archived: %s", self.actor, header.id, stored.archive_error)
+        elif stored.new and header.type is MessageType.ACTIVATION:
+            await self._after_activation_archived(header)
+        if receipt is not None and stored.new:
+            self._outbox_ready.set()
+        if stored.admitted:
             self._arrived.set()
             return "admitted"
         if kept:
             self._openings.pop(header.id)
         return "duplicate"
+
+    def _store_admission(
+        self,
+        direction: Direction,
+        opened: OpenedEnvelope,
+        data: bytes,
+        now: int,
+        receipt: bytes | None,
+    ) -> _Stored:
+        """The stores' part of an admission, in one worker-thread hop (each store commits
+        on its own): deduplicated against the inbox, archived, the delivered receipt
+        queued, admitted, in this order."""
+        header, inbox, outbox, archive = opened.header, self._inbox, self._outbox, self._archive
+        assert inbox is not None
+        assert outbox is not None
+        assert archive is not None
+        if header.id in inbox:
+            return _Stored()  # a redelivery: the receipt was queued when it was first admitted
+        # Archived first: adding is idempotent, and a crash after the admission would
+        # leave the message out of the archive for good (a redelivery is a duplicate).
+        # A full or failing archive is logged, not fatal (it serves the workflows).
+        archive_error = None
+        try:
+            archive.add(direction, header, opened.header_hash, data)
+        except StoreError as exc:
+            archive_error = exc.message
+        if receipt is not None:
+            # Receipt first, then the admission: a crash between them re-queues the same
+            # receipt under the same key on redelivery; the other order could lose it.
+            outbox.enqueue(
+                _receipt_key(header.id, self.actor, ReceiptKind.DELIVERED),
+                self._subject,
+                receipt,
+                header.expires // 1000,
+            )
+        admitted = inbox.admit(header.id, header.expires // 1000, data, now)
+        return _Stored(new=True, archive_error=archive_error, admitted=admitted)
 
     # --- key grants for late joiners ----------------------------------------------------------
 
@@ -1614,7 +1651,12 @@ class Client:
         except StoreError as exc:
             log.error("%s: %s not archived: %s", self.actor, header.id, exc.message)
             return
-        if header.type is MessageType.ACTIVATION and header.incident and self._pending_grants:
+        if header.type is MessageType.ACTIVATION:
+            await self._after_activation_archived(header)
+
+    async def _after_activation_archived(self, header: Header) -> None:
+        """Grant requests waiting for this activation may be decided now."""
+        if header.incident and self._pending_grants:
             await self._retry_grants(header.incident, _now_ms())
 
     async def _follow_directory(self) -> None:

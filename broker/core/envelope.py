@@ -35,7 +35,14 @@ from pydantic import Field, model_validator
 
 from . import crypto, frame
 from .crypto import SYSTEM_RANDOM, Random
-from .directory import Actor, ActorStatus, KeyRecord, PrincipalKind, VerifiedDirectory
+from .directory import (
+    Actor,
+    ActorStatus,
+    KeyRecord,
+    PrincipalKind,
+    SignerKey,
+    VerifiedDirectory,
+)
 from .errors import EnvelopeError, FrameError, MalformedInput, OpenError
 from .keys import Identity, b64, unb64
 from .labels import Label
@@ -191,6 +198,8 @@ class SealedEnvelope:
 
     raw: bytes = field(repr=False)
     content_key: bytes = field(repr=False)
+    header: Header
+    header_hash: str  # hex, as SignedEnvelope.header_hash
 
 
 def seal_envelope(
@@ -247,7 +256,7 @@ def seal_envelope(
     raw = frame.encode(
         frame.Kind.ENVELOPE, sender.signing, (header_bytes, wraps.to_bytes(), ciphertext)
     )
-    return SealedEnvelope(raw, content_key)
+    return SealedEnvelope(raw, content_key, header, header_hash(header_bytes).hex())
 
 
 def _without_key(seal: Callable[P, SealedEnvelope]) -> Callable[P, bytes]:
@@ -298,6 +307,27 @@ def claimed_type(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> str | N
     return claimed if isinstance(claimed, str) else None
 
 
+def _actor_signer(directory: VerifiedDirectory, key_id: str) -> SignerKey:
+    signer = directory.signer(key_id)
+    if signer is None or signer.kind is not PrincipalKind.ACTOR:
+        raise EnvelopeError(
+            "signed by a key the directory does not know", code="unknown_sender_key"
+        )
+    return signer
+
+
+def check_sender(directory: VerifiedDirectory, header: Header, key_id: str) -> Actor:
+    """That ``key_id`` is an actor's signing key in ``directory`` and ``header`` names that
+    actor as its sender and the key as its sender key (``unknown_sender_key``,
+    ``sender_mismatch``): what :func:`read_envelope` checks besides the signature, for an
+    envelope its sender has just sealed. Returns the sender."""
+    signer = _actor_signer(directory, key_id)
+    sender = directory.actor(signer.principal)
+    if sender is None or header.sender != sender.id or header.sender_key != key_id:
+        raise EnvelopeError("header sender does not own the signing key", code="sender_mismatch")
+    return sender
+
+
 def read_envelope(
     data: bytes, directory: VerifiedDirectory, *, max_bytes: int = MAX_ENVELOPE_BYTES
 ) -> SignedEnvelope:
@@ -312,11 +342,7 @@ def read_envelope(
     except FrameError as exc:
         code = exc.code if exc.code in {"too_large", "unsupported_version"} else "malformed"
         raise EnvelopeError(exc.message, code=code) from exc
-    signer = directory.signer(signed.signer_id)
-    if signer is None or signer.kind is not PrincipalKind.ACTOR:
-        raise EnvelopeError(
-            "signed by a key the directory does not know", code="unknown_sender_key"
-        )
+    signer = _actor_signer(directory, signed.signer_id)
     try:
         signed.verify(signer.record.raw)
     except crypto.CryptoFailure as exc:
@@ -327,9 +353,7 @@ def read_envelope(
         wraps = KeyWraps.parse(wraps_bytes, max_bytes=MAX_WRAPS_BYTES).wraps
     except MalformedInput as exc:
         raise EnvelopeError(exc.message, code="malformed") from exc
-    sender = directory.actor(signer.principal)
-    if sender is None or header.sender != sender.id or header.sender_key != signed.signer_id:
-        raise EnvelopeError("header sender does not own the signing key", code="sender_mismatch")
+    sender = check_sender(directory, header, signed.signer_id)
     if tuple(w.recipient for w in wraps) != header.recipients:
         raise EnvelopeError("key wraps do not match the recipients", code="wraps_mismatch")
     if len(ciphertext) < crypto.AEAD_NONCE_BYTES + crypto.AEAD_TAG_BYTES:
