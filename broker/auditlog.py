@@ -8,8 +8,13 @@
   is published by the next sealer.
 - :func:`verify_stream` reads the stream back and checks it against its
   checkpoints and the latest one in the bucket (which a truncation of the stream
-  does not reach). :class:`AuditWatch` does that incrementally for ``/readyz``-style
-  status, metrics and the officers' API.
+  does not reach), the whole trail or (``start``) only the part after a checkpoint
+  an earlier check verified. :class:`AuditWatch` keeps the outcome for status,
+  metrics and the officers' API and plans the periodic checks: each continues from
+  the latest checkpoint the previous clean check verified, and the whole trail is
+  verified again at start-up, after any finding or failure and at least every
+  ``audit_full_verify_interval_s``. :class:`DirectoryCache` likewise reads only the
+  directory versions published since the previous check.
 - :func:`build_export` / :func:`verify_export`: a signed file holding a part of the
   trail (a period, optionally one actor's events; the others redacted to their
   sealed leaves), the checkpoints that seal it and the directory versions whose
@@ -19,8 +24,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,15 +181,54 @@ async def read_trail(
     return entries
 
 
-async def directory_versions(bus: JetStreamBus, pinned: bytes) -> list[VerifiedDirectory]:
-    """Every directory version in the bucket that chains from version 1, oldest first."""
-    raws: list[bytes] = []
-    while True:
-        entry = await bus.kv_get(subjects.DIRECTORY_BUCKET, subjects.directory_key(len(raws) + 1))
-        if entry is None:
-            break
-        raws.append(entry.value)
-    return verified_versions(raws, pinned)
+async def directory_versions(
+    bus: JetStreamBus,
+    pinned: bytes,
+    *,
+    cache: DirectoryCache | None = None,
+    reread: bool = False,
+) -> list[VerifiedDirectory]:
+    """Every directory version in the bucket that chains from version 1, oldest first.
+
+    With ``cache``, only the versions after those it holds are read (and added to it);
+    ``reread`` empties it first, so that every version is read and verified again.
+    """
+    if cache is None:
+        cache = DirectoryCache()
+    return await cache.update(bus, pinned, reread=reread)
+
+
+class DirectoryCache:
+    """The directory versions verified so far, oldest first, for the periodic checks.
+
+    A version once verified is not read again until a re-read (``reread``): a version
+    changed in the bucket afterwards shows only then. As without a cache, the list
+    stops at the first version that does not chain; that one is tried again each time.
+    """
+
+    def __init__(self) -> None:
+        self.versions: list[VerifiedDirectory] = []
+        self._pinned: bytes | None = None
+        self._lock = asyncio.Lock()
+
+    async def update(
+        self, bus: JetStreamBus, pinned: bytes, *, reread: bool = False
+    ) -> list[VerifiedDirectory]:
+        async with self._lock:  # two checks at once must not add a version twice
+            if reread or pinned != self._pinned:
+                self.versions, self._pinned = [], pinned
+            while True:
+                key = subjects.directory_key(len(self.versions) + 1)
+                entry = await bus.kv_get(subjects.DIRECTORY_BUCKET, key)
+                if entry is None:
+                    break
+                previous = self.versions[-1] if self.versions else None
+                try:
+                    verified = verify_directory(entry.value, pinned=pinned, previous=previous)
+                except CoreError:
+                    break
+                self.versions.append(verified)
+            return list(self.versions)
 
 
 def verified_versions(raws: Sequence[bytes], pinned: bytes) -> list[VerifiedDirectory]:
@@ -202,18 +248,28 @@ async def verify_stream(
     directories: Sequence[VerifiedDirectory],
     *,
     anchor: Mapping[str, Any] | None = None,
+    start: Checkpoint | None = None,
 ) -> TrailReport:
     """Check the whole stored trail against its checkpoints and the bucket's latest one.
 
     ``anchor`` is a checkpoint (``{"number", "hash"}``) noted outside NATS earlier (from
     ``/api/v1/audit/status``): the trail must still hold it, unchanged, whatever the
     bucket now says (someone with NATS rights could rewind the bucket with the stream).
+
+    ``start`` is a checkpoint an earlier check of this stream verified: only the events
+    after it are read (from ``start.last + 1``, which includes ``start``'s own event) and
+    checked as continuing it, and the report covers that part only (``events``,
+    ``checkpoints``). The events up to ``start.last`` are not read again, so a change to
+    them is not seen; nor is an ``anchor`` or a bucket checkpoint older than ``start``
+    compared. What is checked: the stream still reaches ``start.last`` and still begins
+    at sequence 1, the new part's seals, deletions and truncation, and that neither the
+    stream nor the bucket holds a checkpoint numbered like ``start`` but different.
     """
     # The bucket first: a checkpoint sealed while the stream is read is then in the stream
     # read, not only in the bucket (which would look like a truncation).
     found = await bus.kv_get(subjects.STATE_BUCKET, CHECKPOINT_KEY)
-    _, through = await bus.stream_bounds(subjects.AUDIT_STREAM)
-    entries = await read_trail(bus)
+    first_seq, through = await bus.stream_bounds(subjects.AUDIT_STREAM)
+    entries = await read_trail(bus, 1 if start is None else start.last + 1)
     expected = None
     unreadable = False
     if found is not None:
@@ -222,7 +278,11 @@ async def verify_stream(
             expected = {"number": latest.number, "hash": latest.hash}
         except AuditChainError:
             unreadable = True  # reported below; the tail and the anchor are still checked
-    report = verify_trail(entries, directories, expected=expected, through=through)
+    report = verify_trail(entries, directories, expected=expected, start=start, through=through)
+    if start is not None:
+        for finding in _continues(start, entries, first_seq, through, expected):
+            if finding not in report.findings:
+                report = _with(report, finding)
     if unreadable:
         report = _with(
             report,
@@ -233,11 +293,71 @@ async def verify_stream(
             ),
         )
     if anchor is not None:
-        pinned = verify_trail(entries, directories, expected=anchor, through=through)
+        pinned = verify_trail(entries, directories, expected=anchor, start=start, through=through)
         for finding in pinned.findings:
             if finding not in report.findings:
                 report = _with(report, finding)
     return report
+
+
+def _continues(
+    start: Checkpoint,
+    entries: Sequence[tuple[int, bytes | None]],
+    first_seq: int,
+    through: int,
+    expected: Mapping[str, Any] | None,
+) -> list[Finding]:
+    """What a check from ``start`` adds to :func:`verify_trail`: the stream still holds
+    the part verified before (its ends), and ``start`` is still the checkpoint of its
+    number (``verify_trail`` compares the bucket's only with checkpoints it has read)."""
+    findings: list[Finding] = []
+    if first_seq > 1:
+        findings.append(
+            Finding(
+                1,
+                "deleted",
+                f"the stream now begins at sequence {first_seq}: the events before it,"
+                " verified earlier, are gone",
+            )
+        )
+    if through < start.last:
+        findings.append(
+            Finding(
+                None,
+                "truncated",
+                f"the stream ends at sequence {through}, before sequence {start.last} that"
+                f" checkpoint {start.number} sealed and an earlier check verified",
+            )
+        )
+    for seq, data in entries:
+        if data is None or b'"kind":"checkpoint"' not in data:
+            continue
+        try:
+            stored = parse_checkpoint(data)
+        except AuditChainError:
+            continue  # verify_trail reports it
+        if stored.number == start.number and stored.hash != start.hash:
+            findings.append(
+                Finding(
+                    seq,
+                    "checkpoint_conflict",
+                    f"checkpoint {start.number} differs from the one verified earlier",
+                )
+            )
+    if (
+        expected is not None
+        and expected.get("number") == start.number
+        and expected.get("hash") != start.hash
+    ):
+        findings.append(
+            Finding(
+                None,
+                "checkpoint_conflict",
+                f"the state bucket's checkpoint {start.number} differs from the one"
+                " verified earlier",
+            )
+        )
+    return findings
 
 
 def _with(report: TrailReport, finding: Finding) -> TrailReport:
@@ -247,13 +367,73 @@ def _with(report: TrailReport, finding: Finding) -> TrailReport:
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class AuditCheck:
+    """One planned verification (:meth:`AuditWatch.begin`): the whole trail (``start`` is
+    None) or the part after ``start``, the latest checkpoint of ``base``, a clean report."""
+
+    start: Checkpoint | None
+    base: TrailReport | None
+    began: float  # time.monotonic()
+
+    @property
+    def full(self) -> bool:
+        return self.start is None
+
+
 @dataclass
 class AuditWatch:
-    """The latest verification of the trail, as the officers' API and metrics show it."""
+    """The latest verification of the trail, as the officers' API and metrics show it.
+
+    It also plans the periodic checks (:meth:`begin`, :meth:`finish`): each verifies only
+    what follows the latest checkpoint the previous check verified without findings, and
+    the report then still describes the whole trail (the earlier part's counts plus the
+    new part's; the new part's checkpoint and findings). A full check (from sequence 1,
+    every directory version read again) runs first, after a check with findings or one
+    that failed, while sealing is stopped, and once ``full_interval_s`` has passed since
+    the last full one began.
+    """
 
     report: TrailReport | None = None
     checked_at: int | None = None
     seal_error: str | None = None  # sealing stopped (a gap, an unusable key): an alarm until fixed
+    full_check_at: int | None = None  # when the latest full check finished (epoch ms)
+    directories: DirectoryCache = field(default_factory=DirectoryCache, repr=False)
+    _resume: TrailReport | None = field(default=None, init=False, repr=False)
+    _full_began: float | None = field(default=None, init=False, repr=False)
+
+    def begin(self, full_interval_s: float) -> AuditCheck:
+        """Plan the next check. Until it is finished, the one after it is full (a check
+        that fails is never finished)."""
+        now = time.monotonic()
+        base, self._resume = self._resume, None
+        due = self._full_began is None or now - self._full_began >= full_interval_s
+        if due or base is None or base.latest is None or self.seal_error is not None:
+            return AuditCheck(None, None, now)
+        return AuditCheck(base.latest, base, now)
+
+    def finish(self, check: AuditCheck, part: TrailReport, at: int) -> TrailReport:
+        """Record what ``check`` found (``part``: :func:`verify_stream`'s report, from
+        ``check.start``) as a report on the whole trail, and return that."""
+        base = check.base
+        if base is None:
+            report = part
+        else:
+            report = TrailReport(
+                events=base.events - base.unsealed + part.events,
+                checkpoints=base.checkpoints + part.checkpoints,
+                sealed_through=part.sealed_through,
+                unsealed=part.unsealed,
+                findings=part.findings,
+                latest=part.latest,
+            )
+        self.report, self.checked_at = report, at
+        if check.full:
+            self.full_check_at = at
+            if self._full_began is None or check.began > self._full_began:
+                self._full_began = check.began
+        self._resume = report if report.verified and report.latest is not None else None
+        return report
 
     @property
     def verified(self) -> bool | None:
@@ -511,8 +691,10 @@ def verify_export(data: bytes, pinned: bytes) -> ExportReport:
 __all__ = [
     "CHECKPOINT_KEY",
     "CHECKPOINT_SUBJECT",
+    "AuditCheck",
     "AuditSealer",
     "AuditWatch",
+    "DirectoryCache",
     "ExportReport",
     "ExportSummary",
     "build_export",

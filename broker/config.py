@@ -72,7 +72,11 @@ class BrokerConfig:
     sweep_interval_s: float = 5.0
     join_interval_s: float = 1.0  # how often queued late joiners' grant requests go out
     audit_seal_interval_s: float = 2.0  # how often new audit events are sealed
-    audit_verify_interval_s: float = 60.0  # how often the whole trail is verified
+    audit_verify_interval_s: float = 60.0  # how often the trail is verified (see below)
+    # A check verifies what was added since the previous clean one; the whole trail is
+    # verified again at start-up, after any finding or failed check and at least this
+    # often. Tampering with events already verified shows at the next full check.
+    audit_full_verify_interval_s: float = 3600.0
     shutdown_timeout_s: float = 15.0
 
     def __post_init__(self) -> None:

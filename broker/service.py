@@ -307,7 +307,10 @@ class Service:
         bus, state = self.bus, self.router.state
 
         async def versions() -> list[VerifiedDirectory]:
-            return await directory_versions(bus, state.pinned_authority) or [state.directory]
+            found = await directory_versions(
+                bus, state.pinned_authority, cache=self.audit_watch.directories
+            )
+            return found or [state.directory]
 
         return OfficerContext(
             index=self.audit_index,
@@ -360,13 +363,28 @@ class Service:
                 return
 
     async def verify_audit(self) -> None:
-        """Verify the whole stored trail and publish the outcome (metrics, officers' API)."""
+        """Verify the stored trail and publish the outcome (metrics, officers' API).
+
+        Only the part after the latest checkpoint the previous clean check verified is
+        read; the whole trail (and every directory version) at start-up, after a check
+        that found something or failed, and at least every ``audit_full_verify_interval_s``
+        (``AuditWatch.begin``). The outcome describes the whole trail either way.
+        """
         assert self.bus is not None
         assert self.router is not None
-        versions = await directory_versions(self.bus, self.router.state.pinned_authority)
-        report = await verify_stream(self.bus, versions or [self.router.state.directory])
-        self.audit_watch.report = report
-        self.audit_watch.checked_at = wall_clock_ms()
+        state, watch = self.router.state, self.audit_watch
+        check = watch.begin(self.config.audit_full_verify_interval_s)
+        versions = await directory_versions(
+            self.bus, state.pinned_authority, cache=watch.directories, reread=check.full
+        )
+        part = await verify_stream(self.bus, versions or [state.directory], start=check.start)
+        report = watch.finish(check, part, wall_clock_ms())
+        log.debug(
+            "audit trail checked (%s): %d new events, sealed through %d",
+            "full" if check.start is None else f"from checkpoint {check.start.number}",
+            part.events,
+            report.sealed_through,
+        )
         self.metrics.audit_verified.set(1 if self.audit_watch.verified else 0)
         self.metrics.audit_sealed_through.set(report.sealed_through)
         for finding in report.findings[:20]:

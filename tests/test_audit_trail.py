@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -129,17 +130,10 @@ async def test_a_checkpoint_sealed_but_never_published_is_published_by_the_next_
     assert result["checkpoints"] == 2
 
 
-async def test_editing_jetstream_files_is_detected_and_located(
-    broker: Service, net: Actors, nats_server
-) -> None:
-    await traffic(net, 4)
-    await asyncio.sleep(0.3)
-    await seal_all(broker)
-    assert broker.bus is not None
-    entries = await read_trail(broker.bus)
-    target_seq, target = next(
-        (seq, data) for seq, data in entries if data is not None and b'"kind":"accepted"' in data
-    )
+async def forge_in_block_files(broker: Service, nats_server: Any, target: bytes) -> None:
+    """Forge the audit event ``target`` in JetStream's own files with the server stopped
+    (the stream refuses deletes): same length, another submitting actor; then restart
+    the server and wait until the broker is back."""
     needle = b'"id":"' + json.loads(target)["id"].encode()
     await nats_server.stop()
     blocks = list((nats_server.store_dir / "$G" / "streams" / subjects.AUDIT_STREAM).rglob("*.blk"))
@@ -148,7 +142,6 @@ async def test_editing_jetstream_files_is_detected_and_located(
     for block in blocks:
         raw = block.read_bytes()
         if needle in raw:
-            # Forge the event in place: same length, another submitting actor.
             start = raw.index(needle)
             event_start = raw.rfind(b'{"actor":', 0, start)
             window = raw[event_start : start + 2000]
@@ -162,6 +155,20 @@ async def test_editing_jetstream_files_is_detected_and_located(
         lambda: broker.bus is not None and broker.bus.connected, "reconnect"
     )
     await asyncio.sleep(0.5)
+
+
+async def test_editing_jetstream_files_is_detected_and_located(
+    broker: Service, net: Actors, nats_server
+) -> None:
+    await traffic(net, 4)
+    await asyncio.sleep(0.3)
+    await seal_all(broker)
+    assert broker.bus is not None
+    entries = await read_trail(broker.bus)
+    target_seq, target = next(
+        (seq, data) for seq, data in entries if data is not None and b'"kind":"accepted"' in data
+    )
+    await forge_in_block_files(broker, nats_server, target)
     result = await report(broker)
     assert not result["verified"]
     located = {(f["seq"], f["problem"]) for f in result["findings"]}
