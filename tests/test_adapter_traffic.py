@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clients.adapters import datex, trafikverket
+from clients.adapters import _common, datex, trafikverket
+from clients.adapters.cap import parse_cap_xml
 from clients.adapters.datex import parse_datex
 from clients.adapters.model import (
     MAX_DOCUMENT_BYTES,
@@ -1017,24 +1018,26 @@ def _defused_subclasses() -> list[type[defusedxml.common.DefusedXmlException]]:
 
 
 @pytest.mark.parametrize("kind", _defused_subclasses(), ids=lambda k: k.__name__)
-def test_datex_every_defusedxml_refusal_is_a_feed_error(
-    kind: type[Exception], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("parse", [parse_datex, parse_cap_xml], ids=["datex", "cap"])
+def test_every_defusedxml_refusal_is_a_feed_error(
+    kind: type[Exception], parse: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Like httpx's mapping test: each third-party refusal becomes one FeedError."""
+    """Like httpx's mapping test: each third-party refusal becomes one FeedError, in the
+    XML reader both XML parsers share."""
     error = kind.__new__(kind)
 
     class Refusing:
         def __init__(self, **_: Any) -> None:
             pass
 
-        def feed(self, _: bytes) -> None:
+        def feed(self, _: str) -> None:
             raise error
 
-    monkeypatch.setattr(datex, "XMLParser", Refusing)
+    monkeypatch.setattr(_common, "XMLParser", Refusing)
     with pytest.raises(FeedError) as caught:
-        parse_datex(b"<payload/>")
+        parse(b"<payload/>")
     assert caught.value.code.endswith("_forbidden")
-    expected = dict(datex.HOSTILE_XML)
+    expected = dict(_common.HOSTILE_XML)
     if kind in expected:
         assert caught.value.code == expected[kind]
 

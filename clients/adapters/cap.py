@@ -53,7 +53,10 @@ Assumptions and choices, beyond CAP 1.2 itself:
   JSON keys that CAP does not define are ignored.
 - Every text read is bounded by ``MAX_TEXT_CHARS`` (longer is ``text_too_long``, never cut)
   and every list by ``MAX_ITEMS``; the alerts in a document by ``MAX_ITEMS``
-  (``too_many_items``) and nesting by ``MAX_DEPTH`` (``too_deep``).
+  (``too_many_items``), nesting by ``MAX_DEPTH`` (``too_deep``) and the elements of an
+  XML document by ``MAX_XML_ELEMENTS`` (``too_many_elements``, the parser stops there).
+- Reading the document (size, UTF-8, defusedxml, bounds, times) is shared with the other
+  parsers (``clients.adapters._common``), so a fault has the same code in every format.
 
 Example::
 
@@ -64,19 +67,22 @@ Example::
 
 from __future__ import annotations
 
-import codecs
-import json
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, NoReturn
-from xml.etree.ElementTree import Element, TreeBuilder, tostring
+from typing import Any
+from xml.etree.ElementTree import Element
 
-from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
-from defusedxml.ElementTree import DefusedXMLParser, ParseError
-
+from clients.adapters._common import (
+    MAX_XML_ELEMENTS,
+    epoch_millis,
+    json_excerpt,
+    read_json,
+    read_xml,
+    show,
+    split_tag,
+    xml_excerpt,
+)
 from clients.adapters.model import (
-    MAX_DOCUMENT_BYTES,
     MAX_ITEMS,
     MAX_TEXT_CHARS,
     Area,
@@ -103,11 +109,10 @@ __all__ = [
 CAP_NAMESPACE = "urn:oasis:names:tc:emergency:cap:1.2"
 _CAP_FAMILY = "urn:oasis:names:tc:emergency:cap:"  # 1.0, 1.1 and 1.2 all start so
 MAX_DEPTH = 32  # elements or JSON containers; a CAP alert in an Atom feed is about 10 deep
+# MAX_XML_ELEMENTS (400 000, from _common): elements in one XML document, as in DATEX II
 EXCERPT_CHARS = 1000  # of one alert, for the quarantine file
 DETAIL_CHARS = 1000  # of one problem's detail (its findings listed)
 MAX_ID_CHARS = 256  # an identifier quoted as a problem's item_id
-SHOWN_VALUE_CHARS = 60  # of a value quoted in a finding
-MAX_ERROR_CHARS = 200  # of a parser's own message, repeated in FeedError.detail
 
 FEED_ERROR_CODES = frozenset(
     {
@@ -118,7 +123,9 @@ FEED_ERROR_CODES = frozenset(
         "dtd_forbidden",  # any <!DOCTYPE>, so also every entity and external DTD
         "entities_forbidden",
         "external_reference_forbidden",
+        "xml_forbidden",  # any other refusal of defusedxml's
         "too_deep",  # nested deeper than MAX_DEPTH
+        "too_many_elements",  # more than MAX_XML_ELEMENTS elements, stopped there
         "too_many_items",  # more than MAX_ITEMS alerts
         "unexpected_shape",  # no alert and no container of alerts
     }
@@ -174,19 +181,19 @@ def parse_cap_xml(data: bytes) -> ParseResult:
 
     Raises :class:`FeedError` when the document as a whole is unusable (see
     ``FEED_ERROR_CODES``): too large, not UTF-8, not well-formed, with a DTD or
-    entities, nested too deeply, more than ``MAX_ITEMS`` alerts, or neither an alert nor
-    a feed.
+    entities, nested too deeply, more than ``MAX_XML_ELEMENTS`` elements or ``MAX_ITEMS``
+    alerts, or neither an alert nor a feed.
 
         >>> doc = b'<feed xmlns="http://www.w3.org/2005/Atom"><title>VMA</title></feed>'
         >>> parse_cap_xml(doc)
         ParseResult(alerts=(), problems=())
     """
-    root = _read_xml(data)
+    root = read_xml(data, max_depth=MAX_DEPTH, max_elements=MAX_XML_ELEMENTS)
     elements = _find_alert_elements(root)
-    if not elements and _split(root.tag)[1] not in _CONTAINERS:
+    if not elements and split_tag(root.tag)[1] not in _CONTAINERS:
         raise FeedError(
             "unexpected_shape",
-            f"the root element {_show(root.tag)} is neither a CAP alert nor a feed of alerts",
+            f"the root element {show(root.tag)} is neither a CAP alert nor a feed of alerts",
         )
     results = []
     for index, element in enumerate(elements, start=1):
@@ -205,7 +212,7 @@ def parse_cap_json(data: bytes) -> ParseResult:
         >>> parse_cap_json(b'{"alerts": null}')
         ParseResult(alerts=(), problems=())
     """
-    entries = _json_entries(_read_json(data))
+    entries = _json_entries(read_json(data, max_depth=MAX_DEPTH))
     return _result([_json_item(entry, path) for path, entry in entries])
 
 
@@ -219,96 +226,13 @@ def _result(results: list[SourceAlert | ItemProblem]) -> ParseResult:
 # -- reading the document -------------------------------------------------------------
 
 
-def _check_size(data: bytes) -> None:
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise FeedError("too_large", f"{len(data)} bytes, the limit is {MAX_DOCUMENT_BYTES}")
-
-
-def _decode(data: bytes) -> str:
-    """The document as text, if it is within bounds and UTF-8."""
-    _check_size(data)
-    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
-        raise FeedError("encoding", "a UTF-32 byte order mark; only UTF-8 is read")
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise FeedError("encoding", "a UTF-16 byte order mark; only UTF-8 is read")
-    if b"\x00" in data:
-        raise FeedError("encoding", "NUL bytes (UTF-16 or UTF-32?); only UTF-8 is read")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise FeedError("encoding", f"not UTF-8 at byte {e.start}") from None
-
-
-_XML_DECLARATION = re.compile(rb"<\?xml\s[^>]{0,200}?\bencoding\s*=\s*([\"'])(.{0,40}?)\1")
-
-
-def _read_xml(data: bytes) -> Element:
-    _check_size(data)
-    # The declaration before decoding, so that a declared Latin-1 is named as such.
-    head = data[: 3 + 256].removeprefix(codecs.BOM_UTF8)
-    declared = _XML_DECLARATION.match(head)
-    if declared and declared.group(2).strip().lower() not in (b"utf-8", b"utf8"):
-        name = declared.group(2).decode("ascii", "replace")
-        raise FeedError("encoding", f"declared encoding {_show(name)}; only UTF-8 is read")
-    text = _decode(data)
-    builder = _BoundedTreeBuilder()
-    parser = DefusedXMLParser(
-        target=builder, forbid_dtd=True, forbid_entities=True, forbid_external=True
-    )
-    # Parsing the decoded text makes expat read UTF-8 whatever the declaration says.
-    try:
-        parser.feed(text)
-        root: Element = parser.close()
-    except DTDForbidden:
-        raise FeedError(
-            "dtd_forbidden", "the document has a DTD (<!DOCTYPE>); DTDs are refused unread"
-        ) from None
-    except EntitiesForbidden as e:
-        raise FeedError("entities_forbidden", f"entity {_show(e.name)} declared") from None
-    except ExternalReferenceForbidden:
-        raise FeedError("external_reference_forbidden", "an external reference") from None
-    except _TooDeep:
-        raise FeedError("too_deep", f"elements nested deeper than {MAX_DEPTH}") from None
-    except ParseError as e:
-        raise FeedError("malformed_xml", str(e)[:MAX_ERROR_CHARS]) from None
-    return root
-
-
-class _TooDeep(Exception):
-    pass
-
-
-class _BoundedTreeBuilder:
-    """A TreeBuilder that stops the parser as soon as elements nest deeper than MAX_DEPTH."""
-
-    def __init__(self) -> None:
-        self._builder = TreeBuilder()
-        self._depth = 0
-
-    def start(self, tag: str, attrs: dict[str, str]) -> Element:
-        self._depth += 1
-        if self._depth > MAX_DEPTH:
-            raise _TooDeep
-        return self._builder.start(tag, attrs)
-
-    def end(self, tag: str) -> Element:
-        self._depth -= 1
-        return self._builder.end(tag)
-
-    def data(self, text: str) -> None:
-        self._builder.data(text)
-
-    def close(self) -> Element:
-        return self._builder.close()
-
-
 def _find_alert_elements(root: Element) -> list[Element]:
     """Every element called ``alert`` in no or a CAP namespace, in document order."""
     found: list[Element] = []
     stack = [root]
     while stack:
         element = stack.pop()
-        namespace, local = _split(element.tag)
+        namespace, local = split_tag(element.tag)
         if local == "alert" and (namespace == "" or namespace.startswith(_CAP_FAMILY)):
             found.append(element)
             if len(found) > MAX_ITEMS:
@@ -316,45 +240,6 @@ def _find_alert_elements(root: Element) -> list[Element]:
             continue  # an alert is an item, never a container
         stack.extend(reversed(list(element)))
     return found
-
-
-def _split(tag: str) -> tuple[str, str]:
-    """``{namespace}local`` as (namespace, local)."""
-    if tag.startswith("{"):
-        namespace, _, local = tag[1:].partition("}")
-        return namespace, local
-    return "", tag
-
-
-def _read_json(data: bytes) -> Any:
-    text = _decode(data)
-    try:
-        doc = json.loads(text, parse_constant=_refuse_constant)
-    except RecursionError:
-        raise FeedError("too_deep", f"JSON nested deeper than {MAX_DEPTH}") from None
-    except ValueError as e:  # JSONDecodeError, NaN/Infinity, integers too long to convert
-        raise FeedError("malformed_json", str(e)[:MAX_ERROR_CHARS]) from None
-    _check_json_depth(doc)
-    return doc
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _check_json_depth(doc: Any) -> None:
-    stack: list[tuple[Any, int]] = [(doc, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            children: Any = value.values()
-        elif isinstance(value, list):
-            children = value
-        else:
-            continue
-        if depth > MAX_DEPTH:
-            raise FeedError("too_deep", f"JSON nested deeper than {MAX_DEPTH}")
-        stack.extend((child, depth + 1) for child in children)
 
 
 def _json_entries(doc: Any) -> list[tuple[str, Any]]:
@@ -419,11 +304,11 @@ class _Findings:
 
 def _xml_item(element: Element, path: str) -> SourceAlert | ItemProblem:
     findings = _Findings()
-    namespace = _split(element.tag)[0]
+    namespace = split_tag(element.tag)[0]
     if namespace != CAP_NAMESPACE:
         # Another CAP version, or none: its elements are not read as CAP 1.2's.
         findings.add(
-            "wrong_namespace", path, f"namespace {_show(namespace)}, CAP 1.2 is {CAP_NAMESPACE!r}"
+            "wrong_namespace", path, f"namespace {show(namespace)}, CAP 1.2 is {CAP_NAMESPACE!r}"
         )
         return _problem(findings, _loose_xml_identifier(element), _xml_excerpt(element))
     node = _xml_node(element, path, findings)
@@ -432,13 +317,13 @@ def _xml_item(element: Element, path: str) -> SourceAlert | ItemProblem:
 
 
 def _xml_excerpt(element: Element) -> str:
-    return tostring(element, encoding="unicode")[:EXCERPT_CHARS]
+    return xml_excerpt(element, EXCERPT_CHARS)
 
 
 def _loose_xml_identifier(element: Element) -> str | None:
     """The identifier of an alert in the wrong namespace, for the quarantine."""
     for child in element:
-        if _split(child.tag)[1] == "identifier" and not len(child):
+        if split_tag(child.tag)[1] == "identifier" and not len(child):
             return _bounded_id((child.text or "").strip())
     return None
 
@@ -452,7 +337,7 @@ def _xml_node(element: Element, path: str, findings: _Findings) -> _Node:
     seen: dict[str, int] = {}
     overflowing: set[str] = set()
     for child in children:
-        namespace, name = _split(child.tag)
+        namespace, name = split_tag(child.tag)
         seen[child.tag] = seen.get(child.tag, 0) + 1
         child_path = node.child_path(name)
         if counts[child.tag] > 1 or name in _STRUCTURES:
@@ -460,7 +345,7 @@ def _xml_node(element: Element, path: str, findings: _Findings) -> _Node:
         if namespace != CAP_NAMESPACE:
             if namespace == "" or namespace.startswith(_CAP_FAMILY):
                 findings.add(
-                    "wrong_namespace", child_path, f"in namespace {_show(namespace)}, not CAP 1.2's"
+                    "wrong_namespace", child_path, f"in namespace {show(namespace)}, not CAP 1.2's"
                 )
             continue  # a signature or an extension
         values = node.fields.setdefault(name, [])
@@ -480,7 +365,7 @@ def _xml_node(element: Element, path: str, findings: _Findings) -> _Node:
 
 def _json_item(entry: Any, path: str) -> SourceAlert | ItemProblem:
     findings = _Findings()
-    excerpt = json.dumps(entry, ensure_ascii=False)[:EXCERPT_CHARS]
+    excerpt = json_excerpt(entry, EXCERPT_CHARS)
     if not isinstance(entry, dict):
         findings.add("invalid_value", path, f"an alert must be an object, found {_kind(entry)}")
         return _problem(findings, None, excerpt)
@@ -670,7 +555,7 @@ def _check_area(node: _Node, f: _Findings) -> Area | None:
     rings = [_polygon_ring(polygon, f) for polygon in _texts(node, "polygon", f)]
     for circle in _texts(node, "circle", f):
         if not _CIRCLE.fullmatch(circle.value) or not _point(circle.value.split()[0]):
-            f.add("invalid_value", circle.path, f"{_show(circle.value)} is not 'lat,lon radius'")
+            f.add("invalid_value", circle.path, f"{show(circle.value)} is not 'lat,lon radius'")
     municipalities: list[str] = []
     counties: list[str] = []
     for geocode in _nodes(node, "geocode", f):
@@ -686,7 +571,7 @@ def _check_area(node: _Node, f: _Findings) -> Area | None:
                 f.add(
                     "invalid_value",
                     value.path,
-                    f"{_show(value.value)} is not a four-digit municipality code",
+                    f"{show(value.value)} is not a four-digit municipality code",
                 )
         elif kind in COUNTY_CODE_NAMES:
             if _COUNTY_CODE.fullmatch(value.value):
@@ -695,12 +580,12 @@ def _check_area(node: _Node, f: _Findings) -> Area | None:
                 f.add(
                     "invalid_value",
                     value.path,
-                    f"{_show(value.value)} is not a two-digit county code",
+                    f"{show(value.value)} is not a two-digit county code",
                 )
     for measure in ("altitude", "ceiling"):
         number = _single(node, measure, f)
         if number and not _DECIMAL.fullmatch(number.value):
-            f.add("invalid_value", number.path, f"{_show(number.value)} is not a number")
+            f.add("invalid_value", number.path, f"{show(number.value)} is not a number")
     if description is None or None in rings:
         return None
     valid_rings = [ring for ring in rings if ring is not None]
@@ -745,7 +630,7 @@ def _polygon_ring(polygon: _Text, f: _Findings) -> str | None:
     for pair in pairs:
         point = _point(pair)
         if point is None:
-            f.add("invalid_value", polygon.path, f"{_show(pair)} is not a 'lat,lon' point")
+            f.add("invalid_value", polygon.path, f"{show(pair)} is not a 'lat,lon' point")
             return None
         points.append(point)
     first, last = points[0], points[-1]
@@ -771,7 +656,7 @@ def _references(node: _Node, f: _Findings) -> tuple[str, ...] | None:
     for triple in text.value.split():
         parts = triple.split(",")
         if len(parts) != 3 or not all(parts):
-            f.add("invalid_value", text.path, f"{_show(triple)} is not sender,identifier,sent")
+            f.add("invalid_value", text.path, f"{show(triple)} is not sender,identifier,sent")
             return ()
         identifiers.append(parts[1])
     if len(identifiers) > MAX_ITEMS:
@@ -827,7 +712,7 @@ def _enum(node: _Node, name: str, allowed: tuple[str, ...], f: _Findings) -> str
     if text is None:
         return None
     if text.value not in allowed:
-        f.add("invalid_value", text.path, f"{_show(text.value)} is not one of {', '.join(allowed)}")
+        f.add("invalid_value", text.path, f"{show(text.value)} is not one of {', '.join(allowed)}")
         return None
     return text.value
 
@@ -847,7 +732,7 @@ def _enums(
             f.add(
                 "invalid_value",
                 text.path,
-                f"{_show(text.value)} is not one of {', '.join(allowed)}",
+                f"{show(text.value)} is not one of {', '.join(allowed)}",
             )
     return _unique(values)
 
@@ -861,7 +746,7 @@ def _cap_id(node: _Node, name: str, f: _Findings) -> str | None:
         f.add(
             "invalid_value",
             text.path,
-            f"{_show(text.value)} has a space, comma, '<' or '&', which CAP forbids",
+            f"{show(text.value)} has a space, comma, '<' or '&', which CAP forbids",
         )
         return None
     return text.value
@@ -877,46 +762,15 @@ def _time(
     text = _single(node, name, f, required=required)
     if text is None or not text.value:
         return None
-    millis = _epoch_millis(text.value)
+    millis = epoch_millis(text.value)
     if millis is None:
         f.add(
             "invalid_timestamp",
             text.path,
-            f"{_show(text.value)} is not a date-time with an offset like 2026-03-14T09:12:00+01:00",
+            f"{show(text.value)} is not a date-time with an offset like 2026-03-14T09:12:00+01:00",
         )
         return None
     return text.value, millis
-
-
-_TIME = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,9})?"
-    r"(Z|[+-][0-9]{2}:[0-9]{2})"
-)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _epoch_millis(value: str) -> int | None:
-    """A CAP date-time (``2026-03-14T09:12:00+01:00``) as epoch milliseconds, or None."""
-    match = _TIME.fullmatch(value)
-    if match is None:
-        return None
-    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-    fraction, zone = match.group(7), match.group(8)
-    if zone == "Z":
-        offset = timedelta(0)
-    else:
-        hours, minutes = int(zone[1:3]), int(zone[4:6])
-        if hours > 14 or minutes > 59:
-            return None
-        offset = timedelta(hours=hours, minutes=minutes) * (-1 if zone[0] == "-" else 1)
-    try:
-        moment = datetime(year, month, day, hour, minute, second, tzinfo=timezone(offset))
-    except ValueError:  # month 13, February 30, hour 24, second 60
-        return None
-    millis = (moment - _EPOCH) // timedelta(milliseconds=1)
-    if fraction:
-        millis += int(fraction[1:4].ljust(3, "0"))
-    return millis
 
 
 def _nodes(node: _Node, name: str, f: _Findings) -> list[_Node]:
@@ -952,10 +806,3 @@ def _one_per_language(infos: Any) -> tuple[Info, ...]:
     for info in infos:
         kept.setdefault(info.language.casefold(), info)
     return tuple(kept.values())
-
-
-def _show(value: str) -> str:
-    """A value quoted for a finding, bounded."""
-    if len(value) > SHOWN_VALUE_CHARS:
-        return repr(value[:SHOWN_VALUE_CHARS]) + "..."
-    return repr(value)

@@ -8,7 +8,7 @@ large, malformed, a DTD or entity, too deep, not a v3 situation publication) rai
 
 Codes. :class:`FeedError`: ``too_large``, ``encoding`` (UTF-8 only, as in the CAP
 parser), ``malformed_xml``, ``dtd_forbidden`` / ``entities_forbidden`` /
-``external_reference_forbidden``, ``too_deep``, ``too_many_elements``,
+``external_reference_forbidden`` / ``xml_forbidden``, ``too_deep``, ``too_many_elements``,
 ``too_many_items``, ``unexpected_shape``, ``unsupported_version`` (DATEX II v2),
 ``unsupported_publication``, and ``missing_field`` / ``invalid_timestamp`` for the
 ``publicationTime``. :class:`ItemProblem`: ``missing_field``, ``invalid_value``,
@@ -16,8 +16,9 @@ parser), ``malformed_xml``, ``dtd_forbidden`` / ``entities_forbidden`` /
 attribute it names (``situationRecord@version: missing``).
 
 XML is read with ``defusedxml`` (no DTD, no entities, no external references) through a
-tree builder that bounds depth and element count. Elements are matched on namespace URI
-and local name, never on prefixes. Publishers disagree on which v3 namespace holds the
+tree builder that bounds depth and element count, by the reader the CAP parser uses too
+(``clients.adapters._common``). Elements are matched on namespace URI and local name,
+never on prefixes. Publishers disagree on which v3 namespace holds the
 shared children (``publicationTime`` is in ``common`` in the schema but some feeds put
 it elsewhere), so a child matches by local name in any ``http://datex2.eu/schema/3/...``
 namespace; the document element itself must be exactly one of:
@@ -71,20 +72,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
-from xml.etree.ElementTree import Element, ParseError, TreeBuilder, tostring
+from xml.etree.ElementTree import Element
 
-from defusedxml import (
-    DefusedXmlException,
-    DTDForbidden,
-    EntitiesForbidden,
-    ExternalReferenceForbidden,
+from clients.adapters._common import (
+    MAX_ERROR_CHARS,
+    MAX_XML_ELEMENTS,
+    epoch_millis,
+    is_time_shaped,
+    read_xml,
+    show,
+    split_tag,
+    xml_excerpt,
 )
-from defusedxml.ElementTree import XMLParser
-
 from clients.adapters.model import (
-    MAX_DOCUMENT_BYTES,
     MAX_ITEMS,
     MAX_TEXT_CHARS,
     Area,
@@ -109,12 +109,10 @@ XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 CANCEL_VERSION_SUFFIX = "+cancel"
 
 MAX_XML_DEPTH = 64  # a v3 situation record is about 15 deep; anything far deeper is hostile
-MAX_XML_ELEMENTS = 400_000  # MAX_ITEMS records of ~40 elements each are 200 000
 MAX_CATEGORIES = 16
 MAX_GEOMETRIES = 64  # areas from one itinerary or location group
 MAX_LINE_POSITIONS = 10_000
 EXCERPT_CHARS = 500
-MAX_ERROR_CHARS = 200
 
 SEVERITY: dict[str, Severity] = {
     "highest": Severity.EXTREME,
@@ -136,14 +134,6 @@ STATUS = {
 LOCATION_COMMENT = "locationDescriptor"
 PRIVATE_COMMENT = "internalNote"
 
-# Every defusedxml refusal gets its own code (the same as the CAP parser's); a test
-# proves that each one becomes a FeedError.
-HOSTILE_XML: tuple[tuple[type[DefusedXmlException], str], ...] = (
-    (DTDForbidden, "dtd_forbidden"),
-    (EntitiesForbidden, "entities_forbidden"),
-    (ExternalReferenceForbidden, "external_reference_forbidden"),
-)
-
 
 class _Invalid(Exception):
     """One situation record is unusable; becomes an ItemProblem."""
@@ -163,7 +153,7 @@ class _Publication:
 
 def parse_datex(data: bytes) -> ParseResult:
     """Parse a DATEX II v3 situation publication into alerts and item problems."""
-    root = _read_xml(data)
+    root = read_xml(data, max_depth=MAX_XML_DEPTH, max_elements=MAX_XML_ELEMENTS)
     alerts: list[SourceAlert] = []
     problems: list[ItemProblem] = []
     payloads = _payloads(root)
@@ -187,7 +177,7 @@ def parse_datex(data: bytes) -> ParseResult:
                     code=e.code,
                     detail=e.detail,
                     item_id=_bounded(record.get("id")),
-                    excerpt=_excerpt(record),
+                    excerpt=xml_excerpt(record, EXCERPT_CHARS),
                 )
             )
     return ParseResult(alerts=tuple(alerts), problems=tuple(problems))
@@ -196,79 +186,8 @@ def parse_datex(data: bytes) -> ParseResult:
 # -- reading XML ----------------------------------------------------------------------
 
 
-class _BoundedTreeBuilder(TreeBuilder):
-    """A TreeBuilder that refuses documents nested too deeply or with too many elements."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._depth = 0
-        self._elements = 0
-
-    def start(self, tag: Any, attrs: dict[str, str], /) -> Element:
-        self._depth += 1
-        self._elements += 1
-        if self._depth > MAX_XML_DEPTH:
-            raise FeedError("too_deep", f"elements nested deeper than {MAX_XML_DEPTH}")
-        if self._elements > MAX_XML_ELEMENTS:
-            raise FeedError("too_many_elements", f"more than {MAX_XML_ELEMENTS} elements")
-        return super().start(tag, attrs)
-
-    def end(self, tag: Any, /) -> Element:
-        self._depth -= 1
-        return super().end(tag)
-
-
-_DECLARED_ENCODING = re.compile(rb"<\?xml[^>]*?encoding\s*=\s*[\"']([^\"']*)[\"']", re.ASCII)
-
-
-def _read_xml(data: bytes) -> Element:
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise FeedError("too_large", f"{len(data)} bytes, the limit is {MAX_DOCUMENT_BYTES}")
-    _require_utf8(data)
-    parser = XMLParser(
-        target=_BoundedTreeBuilder(),
-        forbid_dtd=True,
-        forbid_entities=True,
-        forbid_external=True,
-    )
-    try:
-        parser.feed(data)
-        root: Element = parser.close()
-    except DefusedXmlException as e:
-        code = next((c for kind, c in HOSTILE_XML if isinstance(e, kind)), "xml_forbidden")
-        raise FeedError(code, f"refused: {type(e).__name__}") from None
-    except ParseError as e:
-        raise FeedError("malformed_xml", str(e)[:MAX_ERROR_CHARS]) from None
-    except (ValueError, LookupError) as e:  # encodings expat or Python cannot read
-        raise FeedError("malformed_xml", str(e)[:MAX_ERROR_CHARS]) from None
-    return root
-
-
-def _require_utf8(data: bytes) -> None:
-    """UTF-8 only, as DATEX II exchanges are: one decoder, no surprises from expat's others."""
-    declared = _DECLARED_ENCODING.match(data.removeprefix(b"\xef\xbb\xbf")[:200])
-    if declared and declared.group(1).decode("ascii", "replace").lower() not in ("utf-8", "utf8"):
-        shown = declared.group(1)[:40].decode("ascii", "replace")
-        raise FeedError("encoding", f"declared encoding {shown!r}; only UTF-8 is read")
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise FeedError("encoding", f"not UTF-8 at byte {e.start}") from None
-    if b"\x00" in data:  # never in XML; expat would take it for UTF-16 without a BOM
-        raise FeedError("encoding", f"NUL byte at {data.index(0)}")
-
-
-def _split(tag: Any) -> tuple[str, str]:
-    if not isinstance(tag, str):  # pragma: no cover - comments and PIs are not built
-        return "", ""
-    if tag.startswith("{"):
-        namespace, _, local = tag[1:].partition("}")
-        return namespace, local
-    return "", tag
-
-
 def _is(element: Element, local: str) -> bool:
-    namespace, name = _split(element.tag)
+    namespace, name = split_tag(element.tag)
     return name == local and namespace.startswith(NS_V3)
 
 
@@ -298,11 +217,11 @@ def _type_name(element: Element) -> str:
 
 
 def _payloads(root: Element) -> list[Element]:
-    namespace, local = _split(root.tag)
+    namespace, local = split_tag(root.tag)
     if namespace.startswith(NS_V2) or local == "d2LogicalModel":
         raise FeedError("unsupported_version", f"DATEX II v2 ({namespace or local}); v3 is read")
     if (namespace, local) == (NS_CONTAINER, "messageContainer"):
-        found = [c for c in root if _split(c.tag) == (NS_CONTAINER, "payload")]
+        found = [c for c in root if split_tag(c.tag) == (NS_CONTAINER, "payload")]
         payloads = [p for p in found if _type_name(p) in ("", "SituationPublication")]
         if not payloads:
             kinds = ", ".join(sorted({_type_name(p) for p in found})) or "no payload"
@@ -343,9 +262,7 @@ def _alert(record: Element, situation: Element, publication: _Publication) -> So
     if not event:
         raise _Invalid("missing_field", "situationRecord@xsi:type: missing")
     if not _NAME.fullmatch(event):
-        raise _Invalid(
-            "invalid_value", f"situationRecord@xsi:type: not a type name: {_show(event)}"
-        )
+        raise _Invalid("invalid_value", f"situationRecord@xsi:type: not a type name: {show(event)}")
 
     sent = _required_time(record, "situationRecordVersionTime")
     _optional_time(record, "situationRecordCreationTime")
@@ -353,24 +270,22 @@ def _alert(record: Element, situation: Element, publication: _Publication) -> So
     if not severity:
         severity_field, severity = "overallSeverity", _enum(_child(situation, "overallSeverity"))
     if severity and severity not in SEVERITY:
-        raise _Invalid(
-            "invalid_value", f"{severity_field}: not a DATEX severity: {_show(severity)}"
-        )
+        raise _Invalid("invalid_value", f"{severity_field}: not a DATEX severity: {show(severity)}")
     probability = _enum(_child(record, "probabilityOfOccurrence"))
     if probability and probability not in CERTAINTY:
         raise _Invalid(
-            "invalid_value", f"probabilityOfOccurrence: unknown value {_show(probability)}"
+            "invalid_value", f"probabilityOfOccurrence: unknown value {show(probability)}"
         )
     information_status = _enum(_child(situation, "headerInformation", "informationStatus"))
     if information_status and information_status not in STATUS:
         raise _Invalid(
-            "invalid_value", f"informationStatus: unknown value {_show(information_status)}"
+            "invalid_value", f"informationStatus: unknown value {show(information_status)}"
         )
 
     validity = _child(record, "validity")
     validity_status = _enum(_child(validity, "validityStatus"))
     if validity_status and validity_status not in VALIDITY_STATUSES:
-        raise _Invalid("invalid_value", f"validityStatus: unknown value {_show(validity_status)}")
+        raise _Invalid("invalid_value", f"validityStatus: unknown value {show(validity_status)}")
     spec = _child(validity, "validityTimeSpecification")
     start = _optional_time(spec, "overallStartTime")
     end = _optional_time(spec, "overallEndTime")
@@ -408,9 +323,7 @@ def _attribute(record: Element, name: str) -> str:
     if not value:
         raise _Invalid("missing_field", f"situationRecord@{name}: missing")
     if len(value) > 200 or not value.isprintable():
-        raise _Invalid(
-            "invalid_value", f"situationRecord@{name}: not an identifier: {_show(value)}"
-        )
+        raise _Invalid("invalid_value", f"situationRecord@{name}: not an identifier: {show(value)}")
     return value
 
 
@@ -427,12 +340,12 @@ def _enum(element: Element | None) -> str:
 def _categories(record: Element, event: str) -> tuple[str, ...]:
     found = [event]
     for child in record:
-        namespace, local = _split(child.tag)
+        namespace, local = split_tag(child.tag)
         if not (namespace.startswith(NS_V3) and local.endswith("Type")):
             continue
         value = _enum(child)
         if not _NAME.fullmatch(value):
-            raise _Invalid("invalid_value", f"{local}: not an enumeration value: {_show(value)}")
+            raise _Invalid("invalid_value", f"{local}: not an enumeration value: {show(value)}")
         found.append(value)
     categories = tuple(dict.fromkeys(found))
     if len(categories) > MAX_CATEGORIES:
@@ -442,18 +355,15 @@ def _categories(record: Element, event: str) -> tuple[str, ...]:
 
 # -- times ----------------------------------------------------------------------------
 
-_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)", re.ASCII)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
 
 def _time(value: str, field: str) -> int:
     """An xs:dateTime with a UTC offset, as epoch milliseconds."""
-    if not _TIME.fullmatch(value):
-        raise _Invalid("invalid_timestamp", f"{field}: not a time with an offset: {_show(value)}")
-    try:
-        return (datetime.fromisoformat(value) - _EPOCH) // timedelta(milliseconds=1)
-    except ValueError:
-        raise _Invalid("invalid_timestamp", f"{field}: not a valid time: {_show(value)}") from None
+    if not is_time_shaped(value):
+        raise _Invalid("invalid_timestamp", f"{field}: not a time with an offset: {show(value)}")
+    millis = epoch_millis(value)
+    if millis is None:
+        raise _Invalid("invalid_timestamp", f"{field}: not a valid time: {show(value)}")
+    return millis
 
 
 def _required_time(element: Element, local: str) -> int:
@@ -488,7 +398,7 @@ def _comments(record: Element, default_language: str) -> list[_Comment]:
             language = (value.get("lang") or "").strip() or default_language
             if not _LANGUAGE.fullmatch(language):
                 raise _Invalid(
-                    "invalid_value", f"comment value@lang: not a language: {_show(language)}"
+                    "invalid_value", f"comment value@lang: not a language: {show(language)}"
                 )
             text = (value.text or "").strip()
             if len(text) > MAX_TEXT_CHARS:
@@ -603,9 +513,9 @@ def _lon_lat(latitude: str, longitude: str) -> str:
         if not value:
             raise _Invalid("missing_field", f"{name}: missing")
         if not _NUMBER.fullmatch(value):
-            raise _Invalid("invalid_value", f"{name}: not a number: {_show(value)}")
+            raise _Invalid("invalid_value", f"{name}: not a number: {show(value)}")
         if not -limit <= float(value) <= limit:
-            raise _Invalid("invalid_value", f"{name}: outside WGS 84: {_show(value)}")
+            raise _Invalid("invalid_value", f"{name}: outside WGS 84: {show(value)}")
     return f"{longitude} {latitude}"
 
 
@@ -616,7 +526,7 @@ def _line_wkt(line: Element) -> str:
     step = 3 if (dimension or line.get("srsDimension") or "").strip() == "3" else 2
     if len(numbers) % step or not 2 <= len(numbers) // step <= MAX_LINE_POSITIONS:
         raise _Invalid(
-            "invalid_value", f"posList: not {step}-number positions: {_show(' '.join(numbers))}"
+            "invalid_value", f"posList: not {step}-number positions: {show(' '.join(numbers))}"
         )
     positions = [_lon_lat(numbers[i], numbers[i + 1]) for i in range(0, len(numbers), step)]
     return f"LINESTRING ({', '.join(positions)})"
@@ -628,12 +538,3 @@ def _line_wkt(line: Element) -> str:
 def _bounded(value: str | None) -> str | None:
     value = (value or "").strip()
     return value[:200] or None
-
-
-def _excerpt(record: Element) -> str:
-    return tostring(record, encoding="unicode")[:EXCERPT_CHARS]
-
-
-def _show(value: str) -> str:
-    """A short, safe rendering of a bad value for a problem's detail."""
-    return repr(value[:60] + ("…" if len(value) > 60 else ""))

@@ -27,7 +27,9 @@ on restart (at least once: a duplicate alert is better than a lost one).
 
 Pollers keep their own rhythm: the interval after a success, exponential backoff with
 jitter (bounded by ``max_backoff_s``) after a failure, conditional requests
-(``If-None-Match`` / ``If-Modified-Since``; a 304 changes nothing). One source failing
+(``If-None-Match`` / ``If-Modified-Since``; a 304 changes nothing). An answer over
+:data:`~clients.adapters.model.MAX_DOCUMENT_BYTES` is a failed poll (``too_large``), not a
+document: refused unread when its Content-Length says so. One source failing
 never holds up another, and the first success after an outage resumes the interval.
 
 Errors: the configuration raises :class:`IngestConfigError`, the rules
@@ -49,6 +51,7 @@ import random
 import re
 import secrets
 import shutil
+import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -205,7 +208,8 @@ class IngestMetrics:
         )
         self.fetch_errors: Final = Counter(
             "ssr_adapter_fetch_errors_total",
-            "Failed polls, by kind: timeout, connection, http_status, send (outbox unusable).",
+            "Failed polls, by kind: timeout, connection, http_status, too_large, send (outbox "
+            "unusable).",
             ["source", "kind"],
             registry=r,
         )
@@ -549,6 +553,7 @@ class Ingest:
         self._locks = {s.name: asyncio.Lock() for s in config.sources}
         self._health = {s.name: _SourceHealth() for s in config.sources}
         self._problems: OrderedDict[tuple[str, str, str | None, str], None] = OrderedDict()
+        self._skipped_files: dict[str, set[str]] = {}  # per files source, already logged
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -1162,6 +1167,10 @@ class Ingest:
                 if response.status != 200:
                     raise _FetchFailed("http_status", f"HTTP {response.status}")
                 data = await _read_bounded(response)
+                if data is None:
+                    raise _FetchFailed(
+                        "too_large", f"an answer of more than {MAX_DOCUMENT_BYTES} bytes; not read"
+                    )
                 return (
                     data,
                     _validator(response.headers.get("ETag")),
@@ -1190,7 +1199,18 @@ class Ingest:
         folder = source.directory
         assert folder is not None
         handled = 0
-        for path in await asyncio.to_thread(_dropped_files, folder):
+        skipped: dict[str, str] = {}
+        paths = await asyncio.to_thread(_dropped_files, folder, skipped)
+        warned = self._skipped_files.get(source.name, set())
+        for name in sorted(skipped.keys() - warned)[:MAX_FILES_PER_SCAN]:
+            log.warning(
+                "%s: %r in the drop folder is %s; skipped, never read",
+                source.name,
+                name[:200],
+                skipped[name],
+            )
+        self._skipped_files[source.name] = set(skipped)  # warned once while it stays
+        for path in paths:
             data = await asyncio.to_thread(_read_file, path)
             if data is None:
                 continue
@@ -1309,18 +1329,19 @@ async def _cancel(tasks: list[asyncio.Task[None]], timeout: float = 5.0) -> None
         log.warning("task %s did not stop in time", task.get_name())
 
 
-async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
-    """At most MAX_DOCUMENT_BYTES + 1 bytes of the body (the parser refuses that many)."""
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes | None:
+    """The body, or None when it is larger than MAX_DOCUMENT_BYTES: refused unread when
+    its Content-Length says so, else as soon as more than that has arrived."""
     if response.content_length is not None and response.content_length > MAX_DOCUMENT_BYTES:
-        return await response.content.read(MAX_DOCUMENT_BYTES + 1)
+        return None
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(64 * 1024):
         chunks.append(chunk)
         size += len(chunk)
         if size > MAX_DOCUMENT_BYTES:
-            break
-    return b"".join(chunks)[: MAX_DOCUMENT_BYTES + 1]
+            return None
+    return b"".join(chunks)
 
 
 def _validator(value: str | None) -> str | None:
@@ -1339,9 +1360,10 @@ def _redacted(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def _dropped_files(folder: Path) -> list[Path]:
+def _dropped_files(folder: Path, skipped: dict[str, str] | None = None) -> list[Path]:
     """Complete regular files in a drop folder, oldest first (no hidden, temporary or
-    symlinked ones; untouched for :data:`FILE_SETTLE_S`)."""
+    symlinked ones; untouched for :data:`FILE_SETTLE_S`). Symbolic links, FIFOs, sockets,
+    devices and folders (but ``done``) go into ``skipped``, name to what they are."""
     now = time.time()
     found: list[tuple[float, str, Path]] = []
     with os.scandir(folder) as entries:
@@ -1349,22 +1371,42 @@ def _dropped_files(folder: Path) -> list[Path]:
             if entry.name.startswith(".") or entry.name.endswith(_IGNORED_SUFFIXES):
                 continue
             try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                mtime = entry.stat(follow_symlinks=False).st_mtime
+                status = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
+            if not stat.S_ISREG(status.st_mode):
+                if skipped is not None and entry.name != "done":
+                    skipped[entry.name] = _file_kind(status.st_mode)
+                continue
+            mtime = status.st_mtime
             if now - mtime >= FILE_SETTLE_S:
                 found.append((mtime, entry.name, Path(entry.path)))
     found.sort()
     return [path for _, _, path in found[:MAX_FILES_PER_SCAN]]
 
 
+def _file_kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file"
+
+
 def _read_file(path: Path) -> bytes | None:
-    """At most MAX_DOCUMENT_BYTES + 1 bytes of a dropped file; None if it went away."""
+    """At most MAX_DOCUMENT_BYTES + 1 bytes of a dropped file; None if it went away or is
+    no longer a regular file (replaced since the scan: a symbolic link is not followed,
+    and a FIFO is opened without blocking, then not read)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, flags)
         with os.fdopen(fd, "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                log.warning("%s is %s; skipped, never read", path, _file_kind(mode))
+                return None
             return handle.read(MAX_DOCUMENT_BYTES + 1)
     except FileNotFoundError:
         return None

@@ -48,13 +48,18 @@ Example::
 
 from __future__ import annotations
 
-import json
 import re
-from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any
 
+from clients.adapters._common import (
+    MAX_ERROR_CHARS,
+    epoch_millis,
+    is_time_shaped,
+    json_excerpt,
+    read_json,
+    show,
+)
 from clients.adapters.model import (
-    MAX_DOCUMENT_BYTES,
     MAX_ITEMS,
     MAX_TEXT_CHARS,
     Area,
@@ -76,7 +81,6 @@ CANCEL_VERSION_SUFFIX = "+cancel"
 EXCERPT_CHARS = 500  # of one deviation, for the quarantine file
 MAX_WKT_CHARS = 200_000  # one geometry; a long road line is far larger than a text field
 MAX_WKT_POSITIONS = 10_000
-MAX_ERROR_CHARS = 200  # of the source's own error message, repeated in FeedError.detail
 
 SEVERITY_BY_TEXT: dict[str, Severity] = {
     "mycket stor påverkan": Severity.SEVERE,
@@ -109,7 +113,7 @@ def parse_trafikverket(data: bytes) -> ParseResult:
     UTF-8, not JSON, nested too deeply, not shaped like a response, an ``ERROR`` from
     the API, or more than ``MAX_ITEMS`` situations or deviations.
     """
-    situations = _situations(_load(data))
+    situations = _situations(read_json(data, max_depth=None))
     alerts: list[SourceAlert] = []
     problems: list[ItemProblem] = []
     for s_index, situation in enumerate(situations):
@@ -132,25 +136,6 @@ def parse_trafikverket(data: bytes) -> ParseResult:
 
 
 # -- the document ---------------------------------------------------------------------
-
-
-def _load(data: bytes) -> Any:
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise FeedError("too_large", f"{len(data)} bytes, the limit is {MAX_DOCUMENT_BYTES}")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise FeedError("encoding", f"not UTF-8 at byte {e.start}") from None
-    try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except RecursionError:
-        raise FeedError("too_deep", "JSON nested too deeply") from None
-    except ValueError as e:  # JSONDecodeError, NaN/Infinity, integers too long to convert
-        raise FeedError("malformed_json", str(e)[:MAX_ERROR_CHARS]) from None
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _situations(doc: Any) -> list[Any]:
@@ -198,7 +183,7 @@ def _situation_parts(situation: Any, where: str) -> tuple[list[Any], bool]:
         raise _Invalid("invalid_value", f"{where}: Situation is not an object")
     deleted = situation.get("Deleted", False)
     if not isinstance(deleted, bool):
-        raise _Invalid("invalid_value", f"Situation.Deleted: not a boolean: {_show(deleted)}")
+        raise _Invalid("invalid_value", f"Situation.Deleted: not a boolean: {show(deleted)}")
     if "Deviation" not in situation:
         # A cancel is keyed on deviation ids, so a deleted situation without its
         # deviations cannot name what it withdraws.
@@ -282,7 +267,7 @@ def _identifier(deviation: dict[str, Any]) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str) or not value.strip() or len(value) > 200:
-        raise _Invalid("invalid_value", f"Deviation.Id: not an identifier: {_show(value)}")
+        raise _Invalid("invalid_value", f"Deviation.Id: not an identifier: {show(value)}")
     return value.strip()
 
 
@@ -295,24 +280,20 @@ def _text(
             raise _Invalid("missing_field", f"{owner}.{key}: missing")
         return ""
     if not isinstance(value, str):
-        raise _Invalid("invalid_value", f"{owner}.{key}: not a string: {_show(value)}")
+        raise _Invalid("invalid_value", f"{owner}.{key}: not a string: {show(value)}")
     if len(value) > MAX_TEXT_CHARS:
         raise _Invalid("text_too_long", f"{owner}.{key}: longer than {MAX_TEXT_CHARS} characters")
     return value.strip()
 
 
-_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)", re.ASCII)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 def _time(value: str, field: str) -> int:
     """An ISO 8601 time with a UTC offset, as epoch milliseconds."""
-    if not _TIME.fullmatch(value):
-        raise _Invalid("invalid_timestamp", f"{field}: not a time with an offset: {_show(value)}")
-    try:
-        return (datetime.fromisoformat(value) - _EPOCH) // timedelta(milliseconds=1)
-    except ValueError:  # month 13, 25 o'clock, ...
-        raise _Invalid("invalid_timestamp", f"{field}: not a valid time: {_show(value)}") from None
+    if not is_time_shaped(value):
+        raise _Invalid("invalid_timestamp", f"{field}: not a time with an offset: {show(value)}")
+    millis = epoch_millis(value)
+    if millis is None:  # month 13, 25 o'clock, ...
+        raise _Invalid("invalid_timestamp", f"{field}: not a valid time: {show(value)}")
+    return millis
 
 
 def _optional_time(obj: dict[str, Any], key: str, owner: str) -> int | None:
@@ -334,12 +315,12 @@ def _counties(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise _Invalid("invalid_value", f"Deviation.CountyNo: not a list: {_show(value)}")
+        raise _Invalid("invalid_value", f"Deviation.CountyNo: not a list: {show(value)}")
     counties: list[str] = []
     for number in value:
         if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 99:
             raise _Invalid(
-                "invalid_value", f"Deviation.CountyNo: not a county number: {_show(number)}"
+                "invalid_value", f"Deviation.CountyNo: not a county number: {show(number)}"
             )
         counties.append(f"{RETIRED_COUNTY_NUMBERS.get(number, number):02d}")
     return _unique(*counties)
@@ -371,7 +352,7 @@ def _geometry(geometry: Any) -> str | None:
     if geometry is None:
         return None
     if not isinstance(geometry, dict):
-        raise _Invalid("invalid_value", f"Deviation.Geometry: not an object: {_show(geometry)}")
+        raise _Invalid("invalid_value", f"Deviation.Geometry: not an object: {show(geometry)}")
     for part in ("Line", "Point"):  # newer placement
         holder = geometry.get(part)
         if holder is None:
@@ -392,10 +373,10 @@ _PART = re.compile(r"\s*\(([^()]*)\)\s*(?:,|$)")
 
 def _wkt(value: Any, field: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_WKT_CHARS:
-        raise _Invalid("invalid_value", f"{field}: not a WKT string: {_show(value)}")
+        raise _Invalid("invalid_value", f"{field}: not a WKT string: {show(value)}")
     match = _WKT.fullmatch(value)
     if not match:
-        raise _Invalid("invalid_value", f"{field}: not WKT POINT/LINESTRING: {_show(value)}")
+        raise _Invalid("invalid_value", f"{field}: not WKT POINT/LINESTRING: {show(value)}")
     kind, body = match.group(1).upper(), match.group(3)
     if kind == "POINT":
         return f"POINT ({_positions(body, field, 1)})"
@@ -403,22 +384,22 @@ def _wkt(value: Any, field: str) -> str:
         return f"LINESTRING ({_positions(body, field, 2)})"
     parts = [m.group(1) for m in _PART.finditer(body)]
     if not parts or sum(len(m.group(0)) for m in _PART.finditer(body)) != len(body):
-        raise _Invalid("invalid_value", f"{field}: malformed MULTILINESTRING: {_show(value)}")
+        raise _Invalid("invalid_value", f"{field}: malformed MULTILINESTRING: {show(value)}")
     return "MULTILINESTRING (" + ", ".join(f"({_positions(p, field, 2)})" for p in parts) + ")"
 
 
 def _positions(body: str, field: str, minimum: int) -> str:
     positions = body.split(",")
     if not minimum <= len(positions) <= MAX_WKT_POSITIONS or (minimum == 1 and len(positions) > 1):
-        raise _Invalid("invalid_value", f"{field}: wrong number of positions: {_show(body)}")
+        raise _Invalid("invalid_value", f"{field}: wrong number of positions: {show(body)}")
     out: list[str] = []
     for position in positions:
         numbers = position.split()
         if len(numbers) not in (2, 3) or not all(_NUMBER.fullmatch(n) for n in numbers):
-            raise _Invalid("invalid_value", f"{field}: not a coordinate pair: {_show(position)}")
+            raise _Invalid("invalid_value", f"{field}: not a coordinate pair: {show(position)}")
         lon, lat = float(numbers[0]), float(numbers[1])
         if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
-            raise _Invalid("invalid_value", f"{field}: outside WGS 84 lon/lat: {_show(position)}")
+            raise _Invalid("invalid_value", f"{field}: outside WGS 84 lon/lat: {show(position)}")
         out.append(f"{numbers[0]} {numbers[1]}")
     return ", ".join(out)
 
@@ -428,7 +409,10 @@ def _positions(body: str, field: str, minimum: int) -> str:
 
 def _problem(error: _Invalid, item: Any, item_id: str | None) -> ItemProblem:
     return ItemProblem(
-        code=error.code, detail=error.detail, item_id=item_id, excerpt=_excerpt(item)
+        code=error.code,
+        detail=error.detail,
+        item_id=item_id,
+        excerpt=json_excerpt(item, EXCERPT_CHARS),
     )
 
 
@@ -439,23 +423,3 @@ def _id_or_none(item: Any) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
-
-
-def _excerpt(item: Any) -> str:
-    try:
-        text = json.dumps(item, ensure_ascii=False)
-    except (ValueError, TypeError, RecursionError):  # pragma: no cover - parsed JSON dumps
-        text = repr(item)
-    return text[:EXCERPT_CHARS]
-
-
-def _show(value: Any) -> str:
-    """A short, safe rendering of a bad value for a problem's detail."""
-    if isinstance(value, str):
-        text = value
-    else:
-        try:
-            text = json.dumps(value, ensure_ascii=False)
-        except (ValueError, TypeError, RecursionError):  # pragma: no cover - parsed JSON dumps
-            text = type(value).__name__
-    return repr(text[:60] + ("…" if len(text) > 60 else ""))
