@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from broker.core import (
     CoreError,
     Policy,
     VerifiedDirectory,
+    crypto,
     load_identity,
     load_policy,
     verify_chain,
@@ -17,17 +19,61 @@ from broker.core.notices import BrokerIdentity
 from .config import BrokerConfig
 from .errors import ConfigError
 
+MAX_AUTHORITY_KEY_FILE_BYTES = 4096  # 64 hex digits and a newline; room for white space
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+def authority_key(value: bytes | str | os.PathLike[str]) -> bytes:
+    """The pinned authority public key from 32 raw bytes, 64 hex digits (a ``str``), or
+    a file holding the 64 hex digits (any other ``str``, or a path).
+
+    The one parser of the key for the broker, the client library and ``ssr``: anything
+    unusable (bad hex, a wrong length, a missing or unreadable file, a folder, a file
+    larger than :data:`MAX_AUTHORITY_KEY_FILE_BYTES`) is a :class:`ConfigError` with
+    ``field="authority_key"`` and a message that says which. A file is read at most one
+    byte past the bound, whatever it is (a pipe, a device).
+    """
+    if isinstance(value, bytes):
+        if len(value) != crypto.PUBLIC_KEY_BYTES:
+            raise _key_error(f"authority key must be 32 bytes (64 hex digits), not {len(value)}")
+        return value
+    if isinstance(value, str) and _is_key_hex(value.strip()):
+        return bytes.fromhex(value.strip())
+    path = Path(value)
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_AUTHORITY_KEY_FILE_BYTES + 1)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL character in the name
+        strerror = exc.strerror if isinstance(exc, OSError) else None
+        reason = "a folder, not a file" if path.is_dir() else (strerror or str(exc))
+        if isinstance(value, str):
+            shown = value if len(value) <= 80 else value[:77] + "..."
+            raise _key_error(
+                f"authority key {shown!r}: not 64 hex digits, nor a readable file ({reason})"
+            ) from exc
+        raise _key_error(f"{path}: cannot read the authority key: {reason}") from exc
+    if len(raw) > MAX_AUTHORITY_KEY_FILE_BYTES:
+        raise _key_error(
+            f"{path}: larger than {MAX_AUTHORITY_KEY_FILE_BYTES} bytes; "
+            "need the authority public key as 64 hex digits"
+        )
+    text = raw.decode("ascii", "replace").strip()
+    if not _is_key_hex(text):
+        raise _key_error(f"{path}: need the authority public key as 64 hex digits")
+    return bytes.fromhex(text)
+
+
+def _is_key_hex(text: str) -> bool:
+    return len(text) == 2 * crypto.PUBLIC_KEY_BYTES and _HEX_DIGITS.issuperset(text)
+
+
+def _key_error(message: str) -> ConfigError:
+    return ConfigError(message, field="authority_key")
+
 
 def pinned_authority(config: BrokerConfig) -> bytes:
-    path = config.authority_key_file
-    try:
-        text = path.read_text(encoding="ascii").strip()
-        key = bytes.fromhex(text)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{path}: need the authority public key as 64 hex digits") from exc
-    if len(key) != 32:
-        raise ConfigError(f"{path}: need the authority public key as 64 hex digits")
-    return key
+    """The pinned authority key of the data folder (``authority.pub``)."""
+    return authority_key(config.authority_key_file)
 
 
 def directory_files(config: BrokerConfig) -> list[bytes]:

@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from broker import datadir
 from broker.core import CoreError, Identity, Policy, load_identity, load_policy
+from broker.errors import ConfigError
 
 from ._errors import ConfigurationError, SendError
 
@@ -38,27 +40,11 @@ def identities(
 
 
 def authority_key(value: bytes | str | os.PathLike[str]) -> bytes:
-    if isinstance(value, bytes):
-        key = value
-    else:
-        text = str(value)
-        if len(text) != 64 or not all(c in "0123456789abcdefABCDEF" for c in text):
-            try:
-                text = Path(value).read_text(encoding="ascii").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigurationError(
-                    f"authority key: not 64 hex digits and not a readable file: {exc}",
-                    code="authority_key",
-                ) from exc
-        try:
-            key = bytes.fromhex(text)
-        except ValueError:
-            key = b""
-    if len(key) != 32:
-        raise ConfigurationError(
-            "authority key must be 32 bytes (64 hex digits)", code="authority_key"
-        )
-    return key
+    """32 raw bytes, 64 hex digits, or a file holding them (``broker.datadir.authority_key``)."""
+    try:
+        return datadir.authority_key(value)
+    except ConfigError as exc:
+        raise ConfigurationError(exc.message, code="authority_key") from exc
 
 
 def policy(value: Policy | str | os.PathLike[str] | None) -> Policy:

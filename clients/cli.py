@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,10 @@ from broker.core import (
     save_identity,
     verify_chain,
 )
+from broker.core.limits import MAX_SAFE_INTEGER
 from broker.core.wire import SLUG_PATTERN
+from broker.datadir import authority_key
+from broker.errors import ConfigError
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -44,26 +49,52 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
-def _read(path: str) -> bytes:
-    file = Path(path)
+def _read(path: str | Path, bound: int = MAX_INPUT_BYTES, what: str = "") -> bytes:
+    """The bytes of ``path``, at most ``bound``: a larger regular file is refused before
+    it is read, and reading stops one byte past the bound whatever the file is (a pipe,
+    a device). Errors name ``what`` (e.g. ``policy``) and the path."""
+    name = f"{what} {path}" if what else str(path)
     try:
-        if file.stat().st_size > MAX_INPUT_BYTES:
-            raise CliError(f"{path}: larger than {MAX_INPUT_BYTES} bytes")
-        return file.read_bytes()
+        with Path(path).open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size > bound:
+                raise CliError(f"{name}: larger than {bound} bytes")
+            data = handle.read(bound + 1)
     except OSError as exc:
-        raise CliError(f"{path}: {exc.strerror}") from exc
+        raise CliError(f"{name}: {exc.strerror or exc}") from exc
+    if len(data) > bound:
+        raise CliError(f"{name}: larger than {bound} bytes")
+    return data
 
 
-def _public_key(value: str) -> bytes:
+def _public_key(value: str | Path) -> bytes:
     """An authority public key: 64 hex digits, or a file holding them."""
-    text = value if len(value) == 64 else _read(value).decode("ascii", "replace").strip()
     try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(key) != 32:
-        raise CliError("authority key must be 64 hex digits (or a file holding them)")
-    return key
+        return authority_key(value)
+    except ConfigError as exc:
+        raise CliError(exc.message) from exc
+
+
+def _time(value: str, what: str, *, now: int | None = None, epoch_ms: bool = False) -> int:
+    """An ISO 8601 time with a UTC offset as epoch milliseconds; also ``now`` (when
+    ``now`` is given) or epoch milliseconds (with ``epoch_ms``)."""
+    text = value.strip()
+    if now is not None and text == "now":
+        return now
+    if epoch_ms and text.isascii() and text.isdigit():
+        ms = int(text)
+    else:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError as exc:
+            also = " or epoch milliseconds" if epoch_ms else ""
+            also += " (or 'now')" if now is not None else ""
+            raise CliError(f"{what} {value!r}: not an ISO 8601 time{also}") from exc
+        if moment.tzinfo is None:
+            raise CliError(f"{what} {value!r} has no UTC offset; write e.g. 2026-09-21T14:00:00Z")
+        ms = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    if not 0 <= ms <= MAX_SAFE_INTEGER:
+        raise CliError(f"{what} {value!r} is out of range")
+    return ms
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:

@@ -18,26 +18,20 @@ import argparse
 import asyncio
 import os
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from clients.cli import EXIT_CHECK_FAILED, EXIT_OK, CliError, _emit, _public_key
+from clients.cli import (
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    CliError,
+    _emit,
+    _public_key,
+    _read,
+    _time,
+)
 
 MAX_EXPORT_READ = 512 * 1024 * 1024
-
-
-def _time(value: str, what: str) -> int:
-    text = value.strip()
-    if text.isascii() and text.isdigit():
-        return int(text)
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise CliError(f"{what}: not an ISO 8601 time or epoch milliseconds: {value!r}") from exc
-    if parsed.tzinfo is None:
-        raise CliError(f"{what}: give a timezone (e.g. 2026-11-26T12:00:00+01:00 or Z)")
-    return int(parsed.timestamp() * 1000)
 
 
 def _findings_text(report: dict[str, Any], title: str) -> str:
@@ -96,12 +90,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             raise CliError("--export needs --authority-key (the pinned authority public key)")
         pinned = _public_key(args.authority_key)
         path = Path(args.export)
-        try:
-            if path.stat().st_size > MAX_EXPORT_READ:
-                raise CliError(f"{path}: larger than {MAX_EXPORT_READ} bytes")
-            data = path.read_bytes()
-        except OSError as exc:
-            raise CliError(f"{path}: {exc.strerror}") from exc
+        data = _read(path, MAX_EXPORT_READ)
         report = verify_export(data, pinned).as_dict()
         title = f"export {path}: " + ("verifies" if report["verified"] else "DOES NOT VERIFY")
         _emit(args, report, _findings_text(report, title))
@@ -147,7 +136,8 @@ def _anchor(value: str | None) -> dict[str, Any] | None:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    start, end = _time(args.start, "--from"), _time(args.end, "--to")
+    start = _time(args.start, "--from", epoch_ms=True)
+    end = _time(args.end, "--to", epoch_ms=True)
     if end <= start:
         raise CliError("--to must be later than --from")
     out = Path(args.out)

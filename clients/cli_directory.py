@@ -55,7 +55,7 @@ from broker.core import (
 )
 from broker.core.errors import CanonicalJsonError
 from broker.core.keys import KEY_FILE_KIND
-from broker.core.limits import MAX_KEYS_PER_ACTOR, MAX_SAFE_INTEGER
+from broker.core.limits import MAX_KEYS_PER_ACTOR
 from broker.core.wire import SLUG_PATTERN, validation_error
 from clients.cli import (
     EXIT_CHECK_FAILED,
@@ -66,6 +66,7 @@ from clients.cli import (
     _emit,
     _public_key,
     _read,
+    _time,
 )
 
 DAY_MS = 24 * 3600 * 1000
@@ -89,22 +90,6 @@ def _iso(ms: int) -> str:
     moment = datetime.fromtimestamp(ms // 1000, UTC) + timedelta(milliseconds=ms % 1000)
     text = moment.isoformat(timespec="milliseconds" if ms % 1000 else "seconds")
     return text.replace("+00:00", "Z")
-
-
-def _time(value: str, *, now: int, what: str) -> int:
-    """``now`` or an ISO 8601 time with a UTC offset, as epoch milliseconds."""
-    if value == "now":
-        return now
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise CliError(f"{what} {value!r}: not an ISO 8601 time (or 'now')") from exc
-    if moment.tzinfo is None:
-        raise CliError(f"{what} {value!r} has no UTC offset; write e.g. 2026-09-21T14:00:00Z")
-    ms = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
-    if not 0 <= ms <= MAX_SAFE_INTEGER:
-        raise CliError(f"{what} {value!r} is out of range")
-    return ms
 
 
 def _days(minimum: int) -> Callable[[str], int]:
@@ -146,9 +131,7 @@ def _replace(model: M, **changes: Any) -> M:
 
 
 def _json_file(path: str, *, max_bytes: int) -> Any:
-    raw = _read(path)
-    if len(raw) > max_bytes:
-        raise CliError(f"{path}: larger than {max_bytes} bytes")
+    raw = _read(path, max_bytes)
     try:
         return canonical.loads(raw, max_bytes=max_bytes, require_canonical=False)
     except CanonicalJsonError as exc:
@@ -196,8 +179,7 @@ def _pinned(args: argparse.Namespace, data_dir: Path | None) -> bytes | None:
     if args.authority_key:
         return _public_key(args.authority_key)
     if data_dir is not None and (data_dir / "authority.pub").is_file():
-        text = _read(str(data_dir / "authority.pub")).decode("ascii", "replace").strip()
-        return _public_key(text)
+        return _public_key(data_dir / "authority.pub")
     return None
 
 
@@ -434,7 +416,7 @@ def changes_between(before: DirectoryDocument, after: DirectoryDocument) -> list
 
 def cmd_show(args: argparse.Namespace) -> int:
     directory, chained, _ = _read_chain(args)
-    at = _time(args.at, now=_clock_ms(), what="--at")
+    at = _time(args.at, "--at", now=_clock_ms())
     data = describe(directory, at=at)
     _emit(args, data | {"versions_chained": chained}, _show_text(data, chained, at))
     return EXIT_OK
@@ -491,7 +473,7 @@ def _begin(args: argparse.Namespace) -> Edit:
     identity = load_identity(Path(args.authority_key_file))  # KeyFileError: exit 2
     pinned = _pinned(args, data_dir) or identity.signing.public
     current = _verify_files(files, pinned)
-    issued = _time(args.issued, now=_clock_ms(), what="--issued")
+    issued = _time(args.issued, "--issued", now=_clock_ms())
     key_id = identity.signing.key_id
     record = next((k for k in current.document.authority_keys if k.key_id == key_id), None)
     if record is None:
@@ -740,7 +722,7 @@ def _principal(edit: Edit, principal_id: str) -> tuple[str, Principal]:
 def cmd_revoke(args: argparse.Namespace) -> int:
     edit = _begin(args)
     section, principal = _principal(edit, args.id)
-    at = _time(args.at, now=edit.issued, what="--at")
+    at = _time(args.at, "--at", now=edit.issued)
     fields = [f for f in _KEY_FIELDS if f in type(principal).model_fields]
     listed = [k.key_id for f in fields for k in getattr(principal, f)]
     if args.key is not None and args.key not in listed:

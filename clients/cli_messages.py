@@ -46,7 +46,14 @@ from urllib.parse import urlsplit
 from broker.core import Label, MessageType, Policy, PolicyError, Priority, Status, Tlp, load_policy
 from broker.core.wire import SLUG_PATTERN
 from broker.up import NATS_URL_FILE
-from clients.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, MAX_INPUT_BYTES, CliError
+from clients.cli import (
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    MAX_INPUT_BYTES,
+    CliError,
+    _read,
+)
 
 from . import (
     AddressError,
@@ -173,7 +180,7 @@ class Connection:
         """The policy file's contents (bounded read), or the built-in policy without one."""
         if self.policy_file is None:
             return Policy()
-        raw = _read_bounded(self.policy_file, MAX_INPUT_BYTES, "policy")
+        raw = _read(self.policy_file, MAX_INPUT_BYTES, "policy")
         try:
             return load_policy(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
@@ -214,7 +221,7 @@ def _existing(path: Path, what: str) -> str:
 
 def _read_url_file(path: Path) -> str:
     try:
-        raw = _read_bounded(path, MAX_URL_FILE_BYTES, "NATS URL file")
+        raw = _read(path, MAX_URL_FILE_BYTES, "NATS URL file")
     except CliError as exc:
         raise CliError(
             f"no NATS server: cannot read {path} ({exc}; is 'ssr up' running?); "
@@ -235,18 +242,6 @@ def _server(url: str) -> str:
             f"(schemes: {', '.join(URL_SCHEMES)})"
         )
     return url
-
-
-def _read_bounded(path: Path, bound: int, what: str) -> bytes:
-    """At most ``bound`` bytes of ``path``; reading stops there, whatever the file is."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(bound + 1)
-    except OSError as exc:
-        raise CliError(f"{what} {path}: {exc.strerror or exc}") from exc
-    if len(data) > bound:
-        raise CliError(f"{what} {path}: larger than {bound} bytes")
-    return data
 
 
 # --- parsing values ------------------------------------------------------------------------------
@@ -516,7 +511,7 @@ def _payload(args: argparse.Namespace, bound: int) -> tuple[bytes | str, str | N
         return args.text, args.content_type
     if args.file is not None and args.file != "-":
         path = Path(args.file)
-        data = _read_bounded(path, bound, "--file")
+        data = _read(path, bound, "--file")
         guessed = mimetypes.guess_type(path.name)[0]
         fallback = guessed if guessed and CONTENT_TYPE.match(guessed) else _sniff(data)
         return data, args.content_type or fallback
@@ -859,7 +854,7 @@ def cmd_directory_publish(args: argparse.Namespace) -> int:
     connection = Connection.resolve(args, os.environ)
     policy = connection.load_policy()
     timeout = parse_duration(args.timeout, "--timeout", maximum=MAX_TIMEOUT_S)
-    raw = _read_bounded(Path(args.file), MAX_INPUT_BYTES, "directory version")
+    raw = _read(Path(args.file), MAX_INPUT_BYTES, "directory version")
 
     async def work() -> int:
         client = connection.client(policy, min(timeout, CONNECT_TIMEOUT_S))
