@@ -344,6 +344,24 @@ def _continues(
                     f"checkpoint {start.number} differs from the one verified earlier",
                 )
             )
+        elif stored.number < start.number:  # sealed again after a rollback of the bucket
+            findings.append(
+                Finding(
+                    seq,
+                    "checkpoint_conflict",
+                    f"checkpoint {stored.number} stored after checkpoint {start.number}",
+                )
+            )
+    number = None if expected is None else expected.get("number")
+    if isinstance(number, int) and number < start.number:
+        findings.append(
+            Finding(
+                None,
+                "checkpoint_conflict",
+                f"the state bucket's latest checkpoint is {number}, older than checkpoint"
+                f" {start.number} verified earlier (rolled back?)",
+            )
+        )
     if (
         expected is not None
         and expected.get("number") == start.number

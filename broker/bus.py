@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import json
 import logging
+import secrets
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -106,7 +107,8 @@ class _Acks:
             await self._subscribe(nc)
         loop = asyncio.get_running_loop()
         self._watch_drops()
-        token = str(next(self._tokens))
+        # Unique (the counter) and not guessable (the random part), like nats-py's own.
+        token = f"{next(self._tokens)}-{secrets.token_hex(6)}"
         future: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = future
         timer = loop.call_later(timeout, _expire, future)
@@ -118,10 +120,17 @@ class _Acks:
             self._waiting.pop(token, None)
         if msg.headers and msg.headers.get("Status") == "503":
             raise nats.js.errors.NoStreamResponseError
-        answer: dict[str, Any] = json.loads(msg.data)
-        if "error" in answer:
-            raise nats.js.errors.APIError.from_error(answer["error"])
-        return answer
+        try:
+            answer = json.loads(msg.data)
+            if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+                error = nats.js.errors.APIError.from_error(answer["error"])
+            elif isinstance(answer, dict) and type(answer.get("seq")) is int:
+                return answer
+            else:
+                raise ValueError("neither a sequence nor an error")
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise NatsUnavailable(f"unreadable JetStream acknowledgement: {exc}") from exc
+        raise error
 
     async def _subscribe(self, nc: NatsClient) -> None:
         if self._subscribing is None:

@@ -132,6 +132,7 @@ class MessageRecord(BaseModel):
     # The SSR_SUBMIT sequence of the submission that claimed the id: only that submission,
     # handed out again, finishes the attempt; any other submission of the id is a replay.
     submission: int | None = None
+    routed: bool = False  # records written before `submission` existed: see _resumable
     granted: dict[str, int] = {}  # late joiner -> when its key grant was delivered
     answer_by: int | None = None  # a request's deadline (control.deadline)
     answers: dict[str, int] = {}  # recipient -> creation time of its first reply
@@ -299,7 +300,9 @@ class Router:
         # own (a redelivery after a lost ack or a NATS restart) counts nothing twice.
         resumed = False
         if isinstance(decision, Accept):
-            decision, resumed = await self._claim(actor, decision, sequence=sequence)
+            decision, resumed = await self._claim(
+                actor, decision, sequence=sequence, redelivered=redelivered
+            )
         status = (
             status_label(decision.status) if isinstance(decision, Accept) else self._status(data)
         )
@@ -423,7 +426,7 @@ class Router:
         header = envelope.header
         if redelivered:
             found = await self._record(header.id)
-            if found is not None and found[0].header_hash == envelope.header_hash:
+            if found is not None and _resumable(found[0], envelope.header_hash, sequence, True):
                 return decision
         budget = self.state.policy.limits.sender_budget
         verdict = self.budgets.take(
@@ -432,7 +435,7 @@ class Router:
         if verdict.allowed:
             return decision
         found = await self._record(header.id)  # an attempt of ours to finish, never refused
-        if found is not None and _resumable(found[0], envelope.header_hash, sequence):
+        if found is not None and _resumable(found[0], envelope.header_hash, sequence, redelivered):
             return decision
         retry = (
             "it can never fit"
@@ -449,7 +452,7 @@ class Router:
         )
 
     async def _claim(
-        self, actor: str, decision: Accept, *, sequence: int
+        self, actor: str, decision: Accept, *, sequence: int, redelivered: bool
     ) -> tuple[Accept | Reject, bool]:
         """Record the message id; a second submission of an id is a replay.
 
@@ -475,7 +478,9 @@ class Router:
             return decision, False
         except KvConflict:
             existing = await self._record(envelope.header.id)
-        if existing is not None and _resumable(existing[0], envelope.header_hash, sequence):
+        if existing is not None and _resumable(
+            existing[0], envelope.header_hash, sequence, redelivered
+        ):
             # The claiming submission again: an earlier attempt may have stopped short.
             return decision, True
         reject = Reject(
@@ -1203,13 +1208,19 @@ def _answer_by(header: Header) -> int | None:
     return header.control.deadline
 
 
-def _resumable(record: MessageRecord, header_hash: str, sequence: int) -> bool:
+def _resumable(record: MessageRecord, header_hash: str, sequence: int, redelivered: bool) -> bool:
     """Whether a submission whose id is already claimed finishes an earlier attempt
     rather than replaying the message: the same envelope in the same stream message
     (a redelivery, whatever its delivery count says: after a consumer-leader failover
     it can be one). Every step of routing is idempotent, so finishing twice is harmless;
-    the same bytes published again are a new stream message, and a replay."""
-    return record.header_hash == header_hash and record.submission == sequence
+    the same bytes published again are a new stream message, and a replay. A record
+    written by a broker before records named their submission keeps the earlier rule:
+    a redelivery, or an attempt not marked ``routed``."""
+    if record.header_hash != header_hash:
+        return False
+    if record.submission is None:
+        return redelivered or not record.routed
+    return record.submission == sequence
 
 
 @dataclass

@@ -430,6 +430,21 @@ async def test_a_checkpoint_differing_from_the_verified_one_is_reported(
     assert (7, "checkpoint_conflict") in problems
 
 
+async def test_a_bucket_rolled_back_behind_the_verified_checkpoint_is_reported(
+    region: DemoRegion, trail: tuple[dict[int, bytes], Checkpoint, Checkpoint]
+) -> None:
+    """Someone with NATS rights sets the bucket back to checkpoint 1 after checkpoint 2
+    was verified; the sealer then seals a second checkpoint 2 over what follows: both
+    show at once, not only at the next full check."""
+    entries, first, second = trail
+    problems = (await check(region, MemoryStream(entries, first.raw), second))[3]
+    assert (None, "checkpoint_conflict") in problems
+    resealed = dict(entries)
+    resealed[9] = first.raw  # an older checkpoint stored after the verified one
+    problems = (await check(region, MemoryStream(resealed, second.raw), second))[3]
+    assert (9, "checkpoint_conflict") in problems
+
+
 async def test_after_a_failure_a_sealing_stop_or_the_interval_the_check_is_full(
     region: DemoRegion,
     trail: tuple[dict[int, bytes], Checkpoint, Checkpoint],

@@ -1,0 +1,80 @@
+"""The broker's JetStream acknowledgements: whatever arrives on its inbox is either a
+sequence, a JetStream error, or NatsUnavailable; never an unhandled exception."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.js.errors
+import pytest
+
+from broker.bus import _Acks, _Drops
+from broker.errors import NatsUnavailable
+
+
+@dataclass
+class Reply:
+    subject: str
+    data: bytes
+    headers: dict[str, str] | None = None
+
+
+class AnsweringNats:
+    """Answers every publish on its reply subject with ``answer``."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.callback: Callable[[Reply], Awaitable[None]] | None = None
+        self.replies: list[str] = []
+
+    def new_inbox(self) -> str:
+        return "_INBOX.test"
+
+    async def subscribe(self, subject: str, cb: Callable[[Reply], Awaitable[None]]) -> None:
+        assert subject == "_INBOX.test.*"
+        self.callback = cb
+
+    async def publish(self, subject: str, data: bytes, *, reply: str, headers: Any) -> None:
+        self.replies.append(reply)
+        assert self.callback is not None
+        callback = self.callback
+        asyncio.get_running_loop().call_soon(
+            lambda: asyncio.ensure_future(callback(Reply(reply, self.answer)))
+        )
+
+
+async def publish(answer: bytes) -> dict[str, Any]:
+    return await _Acks(_Drops()).publish(AnsweringNats(answer), "s", b"x", None, 2.0)  # type: ignore[arg-type]
+
+
+async def test_a_sequence_is_returned() -> None:
+    assert (await publish(b'{"stream":"S","seq":5}'))["seq"] == 5
+
+
+async def test_a_jetstream_error_keeps_its_code() -> None:
+    with pytest.raises(nats.js.errors.APIError) as caught:
+        await publish(b'{"error":{"code":400,"err_code":10071,"description":"wrong last"}}')
+    assert caught.value.err_code == 10071
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"", b"garbage", b"[]", b"null", b'{"seq":"5"}', b'{"seq":true}', b'{"error":"x"}', b"{}"],
+)
+async def test_an_unreadable_acknowledgement_is_nats_unavailable(answer: bytes) -> None:
+    with pytest.raises(NatsUnavailable):
+        await publish(answer)
+
+
+async def test_reply_subjects_are_unique_and_not_guessable() -> None:
+    nc = AnsweringNats(b'{"seq":1}')
+    acks = _Acks(_Drops())
+    for _ in range(3):
+        await acks.publish(nc, "s", b"x", None, 2.0)  # type: ignore[arg-type]
+    tokens = [r.removeprefix("_INBOX.test.") for r in nc.replies]
+    assert len(set(tokens)) == 3
+    assert all("." not in t and len(t.split("-")[1]) == 12 for t in tokens)
+    assert acks._waiting == {}
