@@ -125,6 +125,7 @@ class Sizes:
     fanout_levels: tuple[int, ...] = (1, 3, 10, 36)
     fanout_idle_s: float = 5.5  # idle broker CPU samples: longer than one sweep interval
     awaited_publishes: int = 2_000
+    brokers_scaled: int = 2  # broker processes of phase 2b
     phase_timeout_s: float = 60.0
 
     @classmethod
@@ -355,12 +356,8 @@ class Bench:
         return worker
 
     async def close(self) -> None:
-        if self.broker is not None and self.broker.proc.returncode is None:
-            # SIGTERM first: the broker stops cleanly (and writes its --profile stats).
-            with contextlib.suppress(ProcessLookupError):
-                self.broker.proc.terminate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.broker.proc.wait(), 20.0)
+        if self.broker is not None:
+            await self.stop_broker(self.broker)
         for worker in reversed(self.workers):
             with contextlib.suppress(Exception):
                 await worker.kill()
@@ -485,8 +482,10 @@ class Bench:
 
     # --- the broker ---------------------------------------------------------------------
 
-    async def start_broker(self) -> None:
-        data_dir = self.root / "data"
+    async def start_broker(self, name: str = "broker") -> Worker:
+        """Start a broker process with a data folder of its own (every broker of the run
+        holds the same region: directory, policy, broker key) on the run's nats-server."""
+        data_dir = self.root / ("data" if name == "broker" else f"data-{name}")
         data_dir.mkdir(parents=True)
         # The policy of deploy/policy.toml with the sender budget at its ceiling: the
         # budget is a flood guard that a full-speed benchmark would otherwise trip.
@@ -494,7 +493,8 @@ class Bench:
         policy = _set_toml(policy, "sender_deliveries_per_minute", "1000000")
         policy = _set_toml(policy, "sender_burst_deliveries", "100000")
         (data_dir / "policy.toml").write_text(policy, encoding="utf-8")
-        self.region = demo_region(now=time.time_ns() // 1_000_000 - 60_000)
+        if self.region is None:
+            self.region = demo_region(now=time.time_ns() // 1_000_000 - 60_000)
         write_region(BrokerConfig(data_dir=data_dir), self.region)
         broker_config: dict[str, Any] = {
             "fetch_batch": 256,  # the broker's consumer allows 1024 unacknowledged
@@ -521,8 +521,8 @@ class Bench:
             },
             "directory_actors": len(self.region.directory.document.actors),
         }
-        self.broker = await self.start_worker(
-            "broker",
+        broker = await self.start_worker(
+            name,
             [
                 "-c",
                 BROKER_PROCESS,
@@ -534,7 +534,17 @@ class Bench:
             ready=lambda w: any("ready; NATS" in line for line in w.text),
             timeout=60.0,
         )
-        self.cpu.pids["broker"] = self.broker.pid
+        self.cpu.pids[name] = broker.pid
+        return broker
+
+    async def stop_broker(self, broker: Worker) -> None:
+        """SIGTERM (a broker stops cleanly, writing its --profile stats), then reap it."""
+        if broker.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                broker.proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(broker.proc.wait(), 20.0)
+        self.cpu.pids.pop(broker.name, None)
 
     def envelope(self, sender: str, to: Sequence[str], phase: bytes = b"b") -> bytes:
         assert self.region is not None
@@ -598,7 +608,7 @@ class Bench:
 
     # --- 2. broker alone --------------------------------------------------------------
 
-    async def broker_alone(self, drain: Worker) -> None:
+    async def broker_alone(self, drain: Worker, brokers: Sequence[str] = ("broker",)) -> None:
         n = self.sizes.broker_messages
         started = time.monotonic()
         items = [
@@ -609,8 +619,10 @@ class Bench:
         result = await self.inject(drain, items, 3 * n)
         routed = result["deliveries_seen"] / 3
         seconds = result["seconds_to_last_delivery"]
-        broker_cpu = result["cpu_seconds"].get("broker", math.nan)
-        self.results["broker_alone"] = {
+        broker_cpu = sum(result["cpu_seconds"].get(b, math.nan) for b in brokers)
+        key = "broker_alone" if len(brokers) == 1 else "brokers_scaled"
+        self.results[key] = {
+            "brokers": len(brokers),
             "recipients": list(RECIPIENTS_2),
             "senders": len(SENDERS_2),
             "build_seconds": round(build_s, 3),
@@ -618,6 +630,19 @@ class Bench:
             "msgs_per_s": round(routed / seconds, 1) if seconds > 0 else math.nan,
             "broker_cpu_ms_per_msg": round(broker_cpu / n * 1000, 3),
         }
+
+    async def brokers_scaled(self, drain: Worker) -> None:
+        """The same injection with more broker processes sharing the submission consumer
+        (as a production cluster runs them); the extra ones stop afterwards, so the later
+        phases measure one broker as before."""
+        extra = [
+            await self.start_broker(f"broker-{i}") for i in range(2, self.sizes.brokers_scaled + 1)
+        ]
+        try:
+            await self.broker_alone(drain, ["broker", *(w.name for w in extra)])
+        finally:
+            for worker in extra:
+                await self.stop_broker(worker)
 
     # --- 5. fan-out ---------------------------------------------------------------------
 
@@ -877,7 +902,7 @@ class Bench:
         log("4a. raw latency at 200 msg/s")
         await self.raw_latency()
         log("starting the broker")
-        await self.start_broker()
+        self.broker = await self.start_broker()
         self._sample_rss()
         drain = await self.start_worker(
             "drain",
@@ -893,6 +918,8 @@ class Bench:
         self.cpu.pids["drain"] = drain.pid
         log("2. broker alone")
         await self.broker_alone(drain)
+        log(f"2b. broker alone, {self.sizes.brokers_scaled} brokers")
+        await self.brokers_scaled(drain)
         log("5. fan-out scaling")
         await self.fan_out(drain)
         await drain.stop()
@@ -954,6 +981,10 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
             "≥ 0.30 × R",
             v / raw >= TARGETS["broker_alone_ratio"],
         )
+    if "brokers_scaled" in results:
+        part = results["brokers_scaled"]
+        row(f"broker alone, {part['brokers']} broker processes, 3 recipients",
+            part["msgs_per_s"], "msg/s", raw, "(info)", None)  # fmt: skip
     if "end_to_end" in results:
         e2e = results["end_to_end"]
         v = e2e["msgs_per_s"]

@@ -17,7 +17,7 @@ import json
 import logging
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -96,41 +96,34 @@ class _Acks:
     async def publish(
         self,
         nc: NatsClient,
-        subject: str,
-        data: bytes,
-        headers: dict[str, str] | None,
+        items: Sequence[tuple[str, bytes, dict[str, str] | None]],
         timeout: float,
-    ) -> dict[str, Any]:
-        """The acknowledgement's JSON; raises nats-py's errors (``APIError`` for a refusal,
-        ``TimeoutError``, ``NoStreamResponseError``) or ``NatsUnavailable`` on a drop."""
+    ) -> list[dict[str, Any]]:
+        """Each (subject, data, headers) published, then every acknowledgement awaited:
+        their JSON, in order. Raises nats-py's errors (``APIError`` for a refusal,
+        ``TimeoutError``, ``NoStreamResponseError``) or ``NatsUnavailable`` on a drop, for
+        the first item that failed; the others were published all the same."""
         if not self._prefix:
             await self._subscribe(nc)
         loop = asyncio.get_running_loop()
         self._watch_drops()
-        # Unique (the counter) and not guessable (the random part), like nats-py's own.
-        token = f"{next(self._tokens)}-{secrets.token_hex(6)}"
-        future: asyncio.Future[Msg] = loop.create_future()
-        self._waiting[token] = future
-        timer = loop.call_later(timeout, _expire, future)
+        futures: list[asyncio.Future[Msg]] = []
+        tokens: list[str] = []
+        timer = loop.call_later(timeout, _expire, futures)  # one timer for them all
         try:
-            await nc.publish(subject, data, reply=self._prefix + token, headers=headers)
-            msg = await future
+            for subject, data, headers in items:
+                # Unique (the counter) and not guessable (the random part), like nats-py's.
+                token = f"{next(self._tokens)}-{secrets.token_hex(6)}"
+                future: asyncio.Future[Msg] = loop.create_future()
+                self._waiting[token] = future
+                tokens.append(token)
+                futures.append(future)
+                await nc.publish(subject, data, reply=self._prefix + token, headers=headers)
+            return [_acknowledgement(await future) for future in futures]
         finally:
             timer.cancel()
-            self._waiting.pop(token, None)
-        if msg.headers and msg.headers.get("Status") == "503":
-            raise nats.js.errors.NoStreamResponseError
-        try:
-            answer = json.loads(msg.data)
-            if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
-                error = nats.js.errors.APIError.from_error(answer["error"])
-            elif isinstance(answer, dict) and type(answer.get("seq")) is int:
-                return answer
-            else:
-                raise ValueError("neither a sequence nor an error")
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise NatsUnavailable(f"unreadable JetStream acknowledgement: {exc}") from exc
-        raise error
+            for token in tokens:
+                self._waiting.pop(token, None)
 
     async def _subscribe(self, nc: NatsClient) -> None:
         if self._subscribing is None:
@@ -160,9 +153,27 @@ class _Acks:
                 )
 
 
-def _expire(future: asyncio.Future[Msg]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
+def _acknowledgement(msg: Msg) -> dict[str, Any]:
+    """The JSON of a JetStream acknowledgement; its error as nats-py's exception."""
+    if msg.headers and msg.headers.get("Status") == "503":
+        raise nats.js.errors.NoStreamResponseError
+    try:
+        answer = json.loads(msg.data)
+        if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+            error = nats.js.errors.APIError.from_error(answer["error"])
+        elif isinstance(answer, dict) and type(answer.get("seq")) is int:
+            return answer
+        else:
+            raise ValueError("neither a sequence nor an error")
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise NatsUnavailable(f"unreadable JetStream acknowledgement: {exc}") from exc
+    raise error
+
+
+def _expire(futures: list[asyncio.Future[Msg]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(TimeoutError())
 
 
 PROBE_TIMEOUT_S = 2.0
@@ -447,26 +458,40 @@ class JetStreamBus:
 
     async def publish(self, subject: str, data: bytes, *, msg_id: str) -> int:
         """Publish with a JetStream dedupe id; returns the stream sequence."""
+        (sequence,) = await self.publish_many([(subject, data, msg_id)])
+        return sequence
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes, str]]) -> list[int]:
+        """Publish each (subject, data, dedupe id) at once and await every
+        acknowledgement (no task per publish): the stream sequences, in order. Raises for
+        the first that failed; the others were published (a retry is deduplicated)."""
+        where = items[0][0] if len(items) == 1 else f"{len(items)} subjects"
         try:
-            ack = await self._write(subject, data, {"Nats-Msg-Id": msg_id})
+            acks = await self._acks.publish(
+                self.nc,
+                [(subject, data, {"Nats-Msg-Id": msg_id}) for subject, data, msg_id in items],
+                PUBLISH_TIMEOUT_S,
+            )
         except nats.errors.MaxPayloadError as exc:
-            raise PublishRefused(f"{len(data)} bytes exceed the server's max_payload") from exc
+            size = max(len(data) for _, data, _ in items)
+            raise PublishRefused(f"{size} bytes exceed the server's max_payload") from exc
         except nats.js.errors.APIError as exc:
             if is_backlog_full(exc):
                 raise SubmitBacklogFull(
-                    f"{subject}: the broker has not yet taken this sender's earlier "
+                    f"{where}: the broker has not yet taken this sender's earlier "
                     "submissions; retry shortly"
                 ) from exc
-            raise NatsUnavailable(f"publish to {subject} failed: {exc}") from exc
+            raise NatsUnavailable(f"publish to {where} failed: {exc}") from exc
         except _TRANSPORT_ERRORS as exc:
-            raise NatsUnavailable(f"publish to {subject} failed: {exc}") from exc
-        return int(ack["seq"])
+            raise NatsUnavailable(f"publish to {where} failed: {exc}") from exc
+        return [int(ack["seq"]) for ack in acks]
 
     async def _write(
         self, subject: str, data: bytes, headers: dict[str, str] | None
     ) -> dict[str, Any]:
         """One JetStream write (a stream publish or a KV write), its ack's JSON."""
-        return await self._acks.publish(self.nc, subject, data, headers, PUBLISH_TIMEOUT_S)
+        (ack,) = await self._acks.publish(self.nc, [(subject, data, headers)], PUBLISH_TIMEOUT_S)
+        return ack
 
     async def submissions(self, config: BrokerConfig) -> JetStreamContext.PullSubscription:
         return await self.pull(

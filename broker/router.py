@@ -89,6 +89,9 @@ CAS_RETRIES = 8
 RECENT_RECORDS = 4_096
 RECENT_RECORD_S = 300.0
 SWEEP_SCAN = 1_000  # records one sweep reads in turn, besides its own messages that are due
+# Records the sweep saw through (no deadline ahead, every missed one chased): its
+# turn-by-turn reading skips them; at most this many (the oldest are forgotten).
+SETTLED_RECORDS = 50_000
 MAX_INCIDENT_BYTES = 64 * 1024
 MAX_ENTRY_BYTES = 64 * 1024
 MAX_INDEX_SCAN = 10_000  # index entries of one incident read when actors join it
@@ -190,6 +193,7 @@ class Router:
         self._incident_writes = asyncio.Lock()  # see _apply_control and _join
         # Message id -> when the sweep next looks at it, for messages this broker accepted.
         self._due: dict[str, int] = {}
+        self._settled: OrderedDict[str, None] = OrderedDict()  # see SETTLED_RECORDS
         # Message id -> (record JSON, revision, when written): see _recent_record.
         self._recent: OrderedDict[str, tuple[bytes, int, float]] = OrderedDict()
 
@@ -503,13 +507,11 @@ class Router:
     async def _fan_out(self, decision: Accept) -> None:
         header = decision.envelope.header
         data = decision.envelope.raw
-        await asyncio.gather(
-            *(
-                self.bus.publish(
-                    subjects.deliver_subject(recipient), data, msg_id=f"d.{header.id}.{recipient}"
-                )
+        await self.bus.publish_many(
+            [
+                (subjects.deliver_subject(recipient), data, f"d.{header.id}.{recipient}")
                 for recipient in header.recipients
-            )
+            ]
         )
 
     async def _apply_control(self, decision: Accept) -> None:
@@ -1038,20 +1040,23 @@ class Router:
         if not self._sweep_round:
             self._sweep_round = sorted(await self.bus.kv_keys(subjects.MESSAGES_BUCKET))
         batch, self._sweep_round = self._sweep_round[:limit], self._sweep_round[limit:]
-        return batch
+        # What it reads when due, or saw through, holds nothing for this reading (a
+        # record's deadlines never change): a broker reads only what it knows nothing of.
+        return [key for key in batch if key not in self._due and key not in self._settled]
 
     async def sweep(self, *, limit: int = SWEEP_SCAN) -> int:
         """Escalate missed delivery deadlines and unanswered requests; returns how many
         notices that took (an escalation and an overdue request count one each).
 
-        Reads the records of this broker's own messages whose time has come (``_due``),
-        and the next ``limit`` of all records in turn (messages another broker accepted,
-        or this one before a restart): every record is still visited, without reading
-        every one on every sweep."""
+        Reads the records whose time has come (``_due``: its own messages, and any
+        record it has read with a deadline ahead), and of the next ``limit`` of all
+        records in turn those it knows nothing of (messages another broker accepted, or
+        this one before a restart): every record is still visited, without reading every
+        one on every sweep, and a record seen through (``_settle``) is not read again."""
         now = self.clock()
         sent = 0
         due = sorted(key for key, at in self._due.items() if at <= now)
-        scan = [key for key in await self._sweep_batch(limit) if key not in set(due)]
+        scan = await self._sweep_batch(limit)  # none of those in _due
         for key in due + scan:
             found = await self._record(key)
             if found is None:
@@ -1066,6 +1071,7 @@ class Router:
                 else ()
             )
             if not missing and not unanswered:
+                self._settle(key)
                 continue
             # Notices and audit events first, then mark the record: a crash in between
             # repeats them on the next sweep under the same dedupe ids instead of losing
@@ -1090,7 +1096,16 @@ class Router:
             if marked.set_overdue:
                 self.metrics.requests_overdue.labels(**labels).inc()
             sent += marked.set_escalated + marked.set_overdue
+            self._settle(key)
         return sent
+
+    def _settle(self, key: str) -> None:
+        """After a visit that left nothing to do: a record with no deadline ahead
+        (``_follow`` dropped it from ``_due``) is not read in turn again."""
+        if key not in self._due:
+            self._settled[key] = None
+            while len(self._settled) > SETTLED_RECORDS:
+                self._settled.popitem(last=False)
 
     def _follow(self, key: str, record: MessageRecord, now: int) -> None:
         """Keep in ``_due`` when this record next needs a look: its delivery deadline or

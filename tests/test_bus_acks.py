@@ -47,7 +47,8 @@ class AnsweringNats:
 
 
 async def publish(answer: bytes) -> dict[str, Any]:
-    return await _Acks(_Drops()).publish(AnsweringNats(answer), "s", b"x", None, 2.0)  # type: ignore[arg-type]
+    (ack,) = await _Acks(_Drops()).publish(AnsweringNats(answer), [("s", b"x", None)], 2.0)  # type: ignore[arg-type]
+    return ack
 
 
 async def test_a_sequence_is_returned() -> None:
@@ -73,8 +74,32 @@ async def test_reply_subjects_are_unique_and_not_guessable() -> None:
     nc = AnsweringNats(b'{"seq":1}')
     acks = _Acks(_Drops())
     for _ in range(3):
-        await acks.publish(nc, "s", b"x", None, 2.0)  # type: ignore[arg-type]
+        await acks.publish(nc, [("s", b"x", None)], 2.0)  # type: ignore[arg-type]
     tokens = [r.removeprefix("_INBOX.test.") for r in nc.replies]
     assert len(set(tokens)) == 3
     assert all("." not in t and len(t.split("-")[1]) == 12 for t in tokens)
+    assert acks._waiting == {}
+
+
+async def test_a_batch_that_meets_an_unreadable_acknowledgement_leaves_nothing_waiting() -> None:
+    nc = AnsweringNats(b"garbage")
+    acks = _Acks(_Drops())
+    with pytest.raises(NatsUnavailable):
+        await acks.publish(nc, [("s", b"x", None)] * 5, 2.0)  # type: ignore[arg-type]
+    assert len(nc.replies) == 5  # all were published before the first answer was read
+    assert acks._waiting == {}
+
+
+async def test_a_batch_with_no_answers_times_out_once_and_leaves_nothing_waiting() -> None:
+    class Silent(AnsweringNats):
+        async def publish(self, subject: str, data: bytes, *, reply: str, headers: Any) -> None:
+            self.replies.append(reply)
+
+    nc = Silent(b"")
+    acks = _Acks(_Drops())
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await acks.publish(nc, [("s", b"x", None)] * 4, 0.2)  # type: ignore[arg-type]
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert len(nc.replies) == 4
     assert acks._waiting == {}

@@ -126,6 +126,29 @@ async def test_many_concurrent_publishes_get_distinct_sequences(bus: JetStreamBu
     assert time.monotonic() - started < WAIT
 
 
+async def test_publish_many_returns_each_sequence_in_order_and_dedupes(bus: JetStreamBus) -> None:
+    items = [(f"writes.{i % 3}", str(i).encode(), f"batch.{i}") for i in range(40)]
+    sequences = await asyncio.wait_for(bus.publish_many(items), WAIT)
+    assert sequences == list(range(1, 41))
+    for i in (0, 17, 39):
+        stored = await bus.js.get_msg(STREAM, seq=sequences[i])
+        assert (stored.subject, stored.data) == (items[i][0], items[i][1])
+    # The same batch again (a resumed fan-out): every publish is a duplicate, nothing stored.
+    assert await asyncio.wait_for(bus.publish_many(items), WAIT) == sequences
+    assert await stream_count(bus) == 40
+    assert in_flight(bus) == 0
+
+
+async def test_publish_many_with_one_refused_raises_and_keeps_the_others(
+    bus: JetStreamBus,
+) -> None:
+    items = [("writes.a", b"1", "r1"), ("nostream.here", b"2", "r2"), ("writes.b", b"3", "r3")]
+    with pytest.raises(NatsUnavailable):
+        await asyncio.wait_for(bus.publish_many(items), WAIT)
+    assert await stream_count(bus) == 2  # the two a stream binds are stored
+    assert in_flight(bus) == 0
+
+
 async def test_publish_to_a_subject_no_stream_binds_fails_at_once(bus: JetStreamBus) -> None:
     started = time.monotonic()
     with pytest.raises(NatsUnavailable) as caught:

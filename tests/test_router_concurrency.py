@@ -37,6 +37,9 @@ class FakeBus:
         self.published.append((subject, msg_id))
         return len(self.published)
 
+    async def publish_many(self, items: list[tuple[str, bytes, str]]) -> list[int]:
+        return [await self.publish(s, d, msg_id=m) for s, d, m in items]
+
     async def kv_get(self, bucket: str, key: str) -> KvEntry | None:
         found = self.kv.get((bucket, key))  # read "now" ...
         gate = self.gates.get(key)
@@ -291,12 +294,8 @@ async def test_the_joins_task_never_drops_a_join_its_activation_has_not_written_
 # --- the sweep reads what is due, and the rest in bounded turns ----------------------------
 
 
-async def test_the_sweep_reads_its_own_due_messages_and_a_bounded_slice_of_the_rest(
-    region: Any, make_envelope: Any
-) -> None:
-    bus = FakeBus()
-    now = [NOW]
-    router = router_for(region, bus, clock=lambda: now[0])
+def count_record_reads(bus: FakeBus) -> list[str]:
+    """The message records read from ``bus`` from now on (it also learns to list keys)."""
     reads: list[str] = []
     kv_get = bus.kv_get
 
@@ -310,13 +309,29 @@ async def test_the_sweep_reads_its_own_due_messages_and_a_bounded_slice_of_the_r
 
     bus.kv_get = counted  # type: ignore[method-assign]
     bus.kv_keys = kv_keys  # type: ignore[attr-defined]
-    own = []
-    for _ in range(12):
+    return reads
+
+
+async def route_from_nacka(router: Router, make_envelope: Any, count: int) -> list[str]:
+    """Route ``count`` messages from nacka to the police; their ids."""
+    ids = []
+    for _ in range(count):
         envelope = make_envelope(sender="nacka", to=("polisen-stockholm",))
         await router.route(
             subjects.submit_subject("nacka"), envelope, redelivered=False, sequence=next(SEQUENCES)
         )
-        own.append(header_of(envelope).id)
+        ids.append(header_of(envelope).id)
+    return ids
+
+
+async def test_the_sweep_reads_its_own_due_messages_and_a_bounded_slice_of_the_rest(
+    region: Any, make_envelope: Any
+) -> None:
+    bus = FakeBus()
+    now = [NOW]
+    router = router_for(region, bus, clock=lambda: now[0])
+    reads = count_record_reads(bus)
+    own = await route_from_nacka(router, make_envelope, 12)
     # Another broker's message, past its deadline: only the turn-by-turn reading finds it.
     other = make_envelope(sender="solna", to=("stockholm",))
     elsewhere = router_for(region, bus, clock=lambda: now[0])
@@ -326,8 +341,9 @@ async def test_the_sweep_reads_its_own_due_messages_and_a_bounded_slice_of_the_r
     foreign = header_of(other).id
 
     reads.clear()
-    assert await router.sweep(limit=3) == 0  # nothing due yet: three records read, no more
-    assert len(reads) == 3
+    for _ in range(5):  # a whole round of the listing, three keys a sweep; nothing due yet
+        assert await router.sweep(limit=3) == 0
+    assert reads == [foreign]  # its own are followed (_due): only the unknown one is read
 
     now[0] = NOW + 2 * HOUR  # every delivery deadline has passed
     reads.clear()
@@ -345,5 +361,25 @@ async def test_the_sweep_reads_its_own_due_messages_and_a_bounded_slice_of_the_r
     assert escalated() == {*own, foreign}
     assert chased == 13  # each once
     reads.clear()
-    assert await router.sweep(limit=3) == 0
-    assert len(reads) <= 3  # its own are no longer due: only the bounded slice is read
+    for _ in range(10):  # two more rounds
+        assert await router.sweep(limit=3) == 0
+    assert reads == []  # every record seen through: none is read again
+
+
+async def test_a_record_seen_through_is_forgotten_beyond_the_bound(
+    region: Any, make_envelope: Any, monkeypatch: Any
+) -> None:
+    """At most SETTLED_RECORDS are remembered: the oldest is read in turn again (and
+    nothing is sent twice), so forgetting costs a read, never a missed escalation."""
+    monkeypatch.setattr("broker.router.SETTLED_RECORDS", 2)
+    bus = FakeBus()
+    now = [NOW]
+    router = router_for(region, bus, clock=lambda: now[0])
+    reads = count_record_reads(bus)
+    ids = await route_from_nacka(router, make_envelope, 3)
+    now[0] = NOW + 2 * HOUR
+    assert await router.sweep(limit=10) == 3  # all three due: each escalated once
+    reads.clear()
+    assert await router.sweep(limit=10) == 0
+    assert reads == sorted(ids)[:1]  # the first seen through is forgotten; two remembered
+    assert sum(m.endswith(".escalation") for _, m in bus.published) == 3
