@@ -33,7 +33,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -318,24 +318,30 @@ class Router:
         if not resumed:
             self._count_accepted(decision, status)
         header = decision.envelope.header
-        # Independent of each other, each idempotent (dedupe ids, keys): at once. The
-        # sender hears the verdict last, when everything it may look up exists.
-        await asyncio.gather(
-            self._fan_out(decision),
-            self._index(decision),
-            self._record_answers(decision),
-            self.audit(
-                AuditKind.ACCEPTED,
-                key=header.id,
-                actor=actor,
-                message=header.id,
-                recipients=header.recipients,
-                status=header.status.value,
-                label=header.label.wire(),
-                priority=header.priority.value,
-                incident=header.incident,
-            ),
+        # Independent of each other, each idempotent (dedupe ids, keys): at once, the
+        # deliveries and the audit event as one batch of publishes. The sender hears the
+        # verdict last, when everything it may look up exists.
+        accepted = self._audit_event(
+            AuditKind.ACCEPTED,
+            key=header.id,
+            actor=actor,
+            message=header.id,
+            recipients=header.recipients,
+            status=header.status.value,
+            label=header.label.wire(),
+            priority=header.priority.value,
+            incident=header.incident,
         )
+        writes = [self._fan_out(decision, also=[accepted])]
+        if header.incident is not None:
+            writes.append(self._index(decision))
+        if any(r.kind is ReferenceKind.REPLY for r in header.references):
+            writes.append(self._record_answers(decision))
+        if len(writes) == 1:
+            await writes[0]  # the common case: no task for a lone coroutine
+        else:
+            await asyncio.gather(*writes)
+        self.metrics.audit_events.labels(kind=AuditKind.ACCEPTED.value).inc()
         await self._apply_control(decision)
         await self._notify(
             actor,
@@ -504,13 +510,19 @@ class Router:
             status=header.status.value,
         ).inc(len(header.recipients))
 
-    async def _fan_out(self, decision: Accept) -> None:
+    async def _fan_out(
+        self, decision: Accept, *, also: Sequence[tuple[str, bytes, str]] = ()
+    ) -> None:
+        """Publish the envelope to every recipient (and ``also`` in the same batch)."""
         header = decision.envelope.header
         data = decision.envelope.raw
         await self.bus.publish_many(
             [
-                (subjects.deliver_subject(recipient), data, f"d.{header.id}.{recipient}")
-                for recipient in header.recipients
+                *(
+                    (subjects.deliver_subject(recipient), data, f"d.{header.id}.{recipient}")
+                    for recipient in header.recipients
+                ),
+                *also,
             ]
         )
 
@@ -1198,11 +1210,18 @@ class Router:
         self.metrics.notices.labels(kind=kind.value).inc()
 
     async def audit(self, kind: AuditKind, *, key: str, actor: str | None, **fields: Any) -> None:
+        subject, body, msg_id = self._audit_event(kind, key=key, actor=actor, **fields)
+        await self.bus.publish(subject, body, msg_id=msg_id)
+        self.metrics.audit_events.labels(kind=kind.value).inc()
+
+    def _audit_event(
+        self, kind: AuditKind, *, key: str, actor: str | None, **fields: Any
+    ) -> tuple[str, bytes, str]:
+        """An audit event as a publish: subject, body and dedupe id."""
         event_id, body = audit_event(
             kind, at=self.clock(), broker=self.identity.broker, key=key, actor=actor, **fields
         )
-        await self.bus.publish(subjects.audit_subject(kind.value), body, msg_id=f"a.{event_id}")
-        self.metrics.audit_events.labels(kind=kind.value).inc()
+        return subjects.audit_subject(kind.value), body, f"a.{event_id}"
 
 
 _CHASE_DETAIL: dict[NoticeKind, str] = {

@@ -248,7 +248,7 @@ async def test_an_attempt_cut_off_after_the_claim_is_finished_not_refused_as_a_r
     header = service_helpers.header_of(data, net.directory)
     fan_out = router._fan_out
 
-    async def cut_off(decision: Any) -> None:
+    async def cut_off(decision: Any, **batch: Any) -> None:
         raise NatsUnavailable("the node went away")
 
     router._fan_out = cut_off  # type: ignore[method-assign]
