@@ -62,6 +62,7 @@ def test_the_quick_benchmark_runs_every_phase_and_loses_nothing(tmp_path: Path) 
         assert not part["stalled"], phase
     assert results["broker_alone"]["brokers"] == 1
     assert results["brokers_scaled"]["brokers"] == 2
+    assert results["brokers_scaled"]["start_settled"]  # broker-2's start-up work was done
     assert set(results["brokers_scaled"]["cpu_seconds"]) >= {"broker", "broker-2"}
 
     e2e = results["end_to_end"]
