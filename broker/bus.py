@@ -99,19 +99,21 @@ class _Acks:
         items: Sequence[tuple[str, bytes, dict[str, str] | None]],
         timeout: float,
     ) -> list[dict[str, Any]]:
-        """Each (subject, data, headers) published, then every acknowledgement awaited:
-        their JSON, in order. Raises nats-py's errors (``APIError`` for a refusal,
-        ``TimeoutError``, ``NoStreamResponseError``) or ``NatsUnavailable`` on a drop, for
-        the first item that failed; the others were published all the same."""
+        """Each (subject, data, headers) published in order, then every acknowledgement
+        awaited: their JSON, in order. Raises nats-py's errors (``APIError`` for a refusal,
+        ``TimeoutError``, ``NoStreamResponseError``, or what ``nc.publish`` raises, after
+        which the rest of the items are not sent) or ``NatsUnavailable`` on a drop, for the
+        first item that failed. Every item is due within ``timeout`` of the call."""
         if not self._prefix:
             await self._subscribe(nc)
         loop = asyncio.get_running_loop()
-        self._watch_drops()
+        deadline = loop.time() + timeout
         futures: list[asyncio.Future[Msg]] = []
         tokens: list[str] = []
-        timer = loop.call_later(timeout, _expire, futures)  # one timer for them all
+        timer: asyncio.TimerHandle | None = None
         try:
             for subject, data, headers in items:
+                self._watch_drops()  # a drop between two items fails those after it too
                 # Unique (the counter) and not guessable (the random part), like nats-py's.
                 token = f"{next(self._tokens)}-{secrets.token_hex(6)}"
                 future: asyncio.Future[Msg] = loop.create_future()
@@ -119,11 +121,20 @@ class _Acks:
                 tokens.append(token)
                 futures.append(future)
                 await nc.publish(subject, data, reply=self._prefix + token, headers=headers)
+            # One timer for them all, set once every future exists (at once if the
+            # publishing itself took longer than the deadline).
+            timer = loop.call_at(deadline, _expire, futures)
             return [_acknowledgement(await future) for future in futures]
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             for token in tokens:
                 self._waiting.pop(token, None)
+            for future in futures:  # no "exception was never retrieved" for the others
+                if not future.done():
+                    future.cancel()
+                elif not future.cancelled():
+                    future.exception()
 
     async def _subscribe(self, nc: NatsClient) -> None:
         if self._subscribing is None:
@@ -462,9 +473,10 @@ class JetStreamBus:
         return sequence
 
     async def publish_many(self, items: Sequence[tuple[str, bytes, str]]) -> list[int]:
-        """Publish each (subject, data, dedupe id) at once and await every
+        """Publish each (subject, data, dedupe id) in order, then await every
         acknowledgement (no task per publish): the stream sequences, in order. Raises for
-        the first that failed; the others were published (a retry is deduplicated)."""
+        the first that failed; items after a publish that raised are not sent, and those
+        sent are deduplicated when the caller retries the batch."""
         where = items[0][0] if len(items) == 1 else f"{len(items)} subjects"
         try:
             acks = await self._acks.publish(

@@ -90,7 +90,7 @@ RECENT_RECORDS = 4_096
 RECENT_RECORD_S = 300.0
 SWEEP_SCAN = 1_000  # records one sweep reads in turn, besides its own messages that are due
 # Records the sweep saw through (no deadline ahead, every missed one chased): its
-# turn-by-turn reading skips them; at most this many (the oldest are forgotten).
+# turn-by-turn reading skips them; at most this many (no more are added until some expire).
 SETTLED_RECORDS = 50_000
 MAX_INCIDENT_BYTES = 64 * 1024
 MAX_ENTRY_BYTES = 64 * 1024
@@ -193,7 +193,7 @@ class Router:
         self._incident_writes = asyncio.Lock()  # see _apply_control and _join
         # Message id -> when the sweep next looks at it, for messages this broker accepted.
         self._due: dict[str, int] = {}
-        self._settled: OrderedDict[str, None] = OrderedDict()  # see SETTLED_RECORDS
+        self._settled: set[str] = set()  # see SETTLED_RECORDS
         # Message id -> (record JSON, revision, when written): see _recent_record.
         self._recent: OrderedDict[str, tuple[bytes, int, float]] = OrderedDict()
 
@@ -319,8 +319,10 @@ class Router:
             self._count_accepted(decision, status)
         header = decision.envelope.header
         # Independent of each other, each idempotent (dedupe ids, keys): at once, the
-        # deliveries and the audit event as one batch of publishes. The sender hears the
-        # verdict last, when everything it may look up exists.
+        # audit event and the deliveries as one batch of publishes, the audit event first
+        # (a batch cut short never delivers what the trail lacks; the redelivered
+        # submission finishes it). The sender hears the verdict last, when everything it
+        # may look up exists.
         accepted = self._audit_event(
             AuditKind.ACCEPTED,
             key=header.id,
@@ -332,7 +334,7 @@ class Router:
             priority=header.priority.value,
             incident=header.incident,
         )
-        writes = [self._fan_out(decision, also=[accepted])]
+        writes = [self._fan_out(decision, first=[accepted])]
         if header.incident is not None:
             writes.append(self._index(decision))
         if any(r.kind is ReferenceKind.REPLY for r in header.references):
@@ -511,18 +513,18 @@ class Router:
         ).inc(len(header.recipients))
 
     async def _fan_out(
-        self, decision: Accept, *, also: Sequence[tuple[str, bytes, str]] = ()
+        self, decision: Accept, *, first: Sequence[tuple[str, bytes, str]] = ()
     ) -> None:
-        """Publish the envelope to every recipient (and ``also`` in the same batch)."""
+        """Publish the envelope to every recipient, after ``first`` in the same batch."""
         header = decision.envelope.header
         data = decision.envelope.raw
         await self.bus.publish_many(
             [
+                *first,
                 *(
                     (subjects.deliver_subject(recipient), data, f"d.{header.id}.{recipient}")
                     for recipient in header.recipients
                 ),
-                *also,
             ]
         )
 
@@ -1051,6 +1053,8 @@ class Router:
         in turn, and the (costly) listing is made once a round, not once a sweep."""
         if not self._sweep_round:
             self._sweep_round = sorted(await self.bus.kv_keys(subjects.MESSAGES_BUCKET))
+            # Forget what expired from the bucket: room for records settled since.
+            self._settled.intersection_update(self._sweep_round)
         batch, self._sweep_round = self._sweep_round[:limit], self._sweep_round[limit:]
         # What it reads when due, or saw through, holds nothing for this reading (a
         # record's deadlines never change): a broker reads only what it knows nothing of.
@@ -1069,55 +1073,64 @@ class Router:
         sent = 0
         due = sorted(key for key, at in self._due.items() if at <= now)
         scan = await self._sweep_batch(limit)  # none of those in _due
-        for key in due + scan:
-            found = await self._record(key)
-            if found is None:
-                self._due.pop(key, None)
-                continue
-            record = found[0]
-            self._follow(key, record, now)
-            missing = () if record.escalated or record.deadline > now else record.unconfirmed()
-            unanswered = (
-                record.unanswered()
-                if record.answer_by is not None and not record.overdue and record.answer_by <= now
-                else ()
-            )
-            if not missing and not unanswered:
-                self._settle(key)
-                continue
-            # Notices and audit events first, then mark the record: a crash in between
-            # repeats them on the next sweep under the same dedupe ids instead of losing
-            # them. Of two brokers sweeping at once, JetStream keeps one notice and the mark
-            # counts once.
-            header = record.parsed_header()
-            if missing:
-                await self._chase(
-                    record, header, NoticeKind.ESCALATION, AuditKind.ESCALATION, missing
-                )
-            if unanswered:
-                await self._chase(
-                    record, header, NoticeKind.OVERDUE, AuditKind.REQUEST_OVERDUE, unanswered
-                )
-            marked = _Marks(escalated=bool(missing), overdue=bool(unanswered))
-            # Compare and set: the record may have changed since it was read (a receipt, an
-            # answer, the end of routing, or another broker's sweep marking it first).
-            await self._update_record(key, marked.apply)
-            labels = {"priority": header.priority.value, "status": header.status.value}
-            if marked.set_escalated:
-                self.metrics.escalations.labels(**labels).inc()
-            if marked.set_overdue:
-                self.metrics.requests_overdue.labels(**labels).inc()
-            sent += marked.set_escalated + marked.set_overdue
-            self._settle(key)
+        keys = due + scan
+        for index, key in enumerate(keys):
+            try:
+                sent += await self._visit(key, now)
+            except BaseException:
+                # The next sweep tries again: this record (``_follow`` may have let it go
+                # before its chase failed) and the records of the turn not yet read.
+                self._due[key] = now
+                self._sweep_round[:0] = keys[max(index + 1, len(due)) :]
+                raise
         return sent
+
+    async def _visit(self, key: str, now: int) -> int:
+        """Read one record; chase what it missed and mark it. Returns the notices sent."""
+        found = await self._record(key)
+        if found is None:
+            self._due.pop(key, None)
+            return 0
+        record = found[0]
+        self._follow(key, record, now)
+        missing = () if record.escalated or record.deadline > now else record.unconfirmed()
+        unanswered = (
+            record.unanswered()
+            if record.answer_by is not None and not record.overdue and record.answer_by <= now
+            else ()
+        )
+        if not missing and not unanswered:
+            self._settle(key)
+            return 0
+        # Notices and audit events first, then mark the record: a crash in between
+        # repeats them on the next sweep under the same dedupe ids instead of losing
+        # them. Of two brokers sweeping at once, JetStream keeps one notice and the mark
+        # counts once.
+        header = record.parsed_header()
+        if missing:
+            await self._chase(record, header, NoticeKind.ESCALATION, AuditKind.ESCALATION, missing)
+        if unanswered:
+            await self._chase(
+                record, header, NoticeKind.OVERDUE, AuditKind.REQUEST_OVERDUE, unanswered
+            )
+        marked = _Marks(escalated=bool(missing), overdue=bool(unanswered))
+        # Compare and set: the record may have changed since it was read (a receipt, an
+        # answer, the end of routing, or another broker's sweep marking it first).
+        await self._update_record(key, marked.apply)
+        labels = {"priority": header.priority.value, "status": header.status.value}
+        if marked.set_escalated:
+            self.metrics.escalations.labels(**labels).inc()
+        if marked.set_overdue:
+            self.metrics.requests_overdue.labels(**labels).inc()
+        self._settle(key)
+        return marked.set_escalated + marked.set_overdue
 
     def _settle(self, key: str) -> None:
         """After a visit that left nothing to do: a record with no deadline ahead
-        (``_follow`` dropped it from ``_due``) is not read in turn again."""
-        if key not in self._due:
-            self._settled[key] = None
-            while len(self._settled) > SETTLED_RECORDS:
-                self._settled.popitem(last=False)
+        (``_follow`` dropped it from ``_due``) is not read in turn again. At most
+        SETTLED_RECORDS are remembered; beyond that, records are read in turn as before."""
+        if key not in self._due and len(self._settled) < SETTLED_RECORDS:
+            self._settled.add(key)
 
     def _follow(self, key: str, record: MessageRecord, now: int) -> None:
         """Keep in ``_due`` when this record next needs a look: its delivery deadline or

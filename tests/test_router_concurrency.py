@@ -8,6 +8,7 @@ import asyncio
 import itertools
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from broker import subjects
@@ -15,6 +16,7 @@ from broker.bus import KvConflict, KvEntry
 from broker.core import Control, MessageType, Policy, ReceiptKind, read_envelope
 from broker.core.incidents import closed_by, opened_by
 from broker.core.receipts import make_receipt
+from broker.errors import NatsUnavailable
 from broker.lanes import Lanes
 from broker.metrics import BrokerMetrics
 from broker.router import BrokerState, Router
@@ -73,6 +75,9 @@ class FakeBus:
 
     async def kv_delete(self, bucket: str, key: str) -> None:
         self.kv.pop((bucket, key), None)
+
+    async def kv_keys(self, bucket: str) -> list[str]:
+        return [k for (b, k) in self.kv if b == bucket]
 
 
 def router_for(region, bus: FakeBus, clock=lambda: NOW) -> Router:
@@ -295,7 +300,7 @@ async def test_the_joins_task_never_drops_a_join_its_activation_has_not_written_
 
 
 def count_record_reads(bus: FakeBus) -> list[str]:
-    """The message records read from ``bus`` from now on (it also learns to list keys)."""
+    """The message records read from ``bus`` from now on."""
     reads: list[str] = []
     kv_get = bus.kv_get
 
@@ -304,11 +309,7 @@ def count_record_reads(bus: FakeBus) -> list[str]:
             reads.append(key)
         return await kv_get(bucket, key)
 
-    async def kv_keys(bucket: str, pattern: str = ">") -> list[str]:
-        return [k for (b, k) in bus.kv if b == bucket]
-
     bus.kv_get = counted  # type: ignore[method-assign]
-    bus.kv_keys = kv_keys  # type: ignore[attr-defined]
     return reads
 
 
@@ -332,54 +333,94 @@ async def test_the_sweep_reads_its_own_due_messages_and_a_bounded_slice_of_the_r
     router = router_for(region, bus, clock=lambda: now[0])
     reads = count_record_reads(bus)
     own = await route_from_nacka(router, make_envelope, 12)
-    # Another broker's message, past its deadline: only the turn-by-turn reading finds it.
-    other = make_envelope(sender="solna", to=("stockholm",))
     elsewhere = router_for(region, bus, clock=lambda: now[0])
-    await elsewhere.route(
-        subjects.submit_subject("solna"), other, redelivered=False, sequence=next(SEQUENCES)
-    )
-    foreign = header_of(other).id
 
+    async def from_another_broker() -> str:
+        other = make_envelope(sender="solna", to=("stockholm",))
+        await elsewhere.route(
+            subjects.submit_subject("solna"), other, redelivered=False, sequence=next(SEQUENCES)
+        )
+        return header_of(other).id
+
+    known = await from_another_broker()
     reads.clear()
     for _ in range(5):  # a whole round of the listing, three keys a sweep; nothing due yet
         assert await router.sweep(limit=3) == 0
-    assert reads == [foreign]  # its own are followed (_due): only the unknown one is read
+    assert reads == [known]  # its own are followed (_due): only the unknown one is read
+    # Another broker's message this one has never read: only the turn-by-turn reading,
+    # after its deadline, finds it.
+    unknown = await from_another_broker()
 
     now[0] = NOW + 2 * HOUR  # every delivery deadline has passed
     reads.clear()
-    chased = await router.sweep(limit=3)  # its own twelve at once (and what it reads in turn)
-    assert chased >= 12
-    assert set(own) <= set(reads)
+    chased = await router.sweep(limit=3)  # the twelve and the known one at once
+    assert chased >= 13
+    assert {*own, known} <= set(reads)
 
     def escalated() -> set[str]:
         return {m.split(".")[1] for _, m in bus.published if m.endswith(".escalation")}
 
-    for _ in range(5):  # the foreign one comes up in its turn
-        if foreign in escalated():
+    for _ in range(6):  # the unknown one comes up in its turn
+        if unknown in escalated():
             break
         chased += await router.sweep(limit=3)
-    assert escalated() == {*own, foreign}
-    assert chased == 13  # each once
+    assert escalated() == {*own, known, unknown}
+    assert chased == 14  # each once
     reads.clear()
     for _ in range(10):  # two more rounds
         assert await router.sweep(limit=3) == 0
     assert reads == []  # every record seen through: none is read again
 
 
-async def test_a_record_seen_through_is_forgotten_beyond_the_bound(
+async def test_beyond_the_bound_records_seen_through_are_read_in_turn_until_some_expire(
     region: Any, make_envelope: Any, monkeypatch: Any
 ) -> None:
-    """At most SETTLED_RECORDS are remembered: the oldest is read in turn again (and
-    nothing is sent twice), so forgetting costs a read, never a missed escalation."""
+    """At most SETTLED_RECORDS are remembered: one more is read in turn again (and nothing
+    is sent twice), so the bound costs reads, never a missed escalation; a remembered
+    record that expired from the bucket makes room at the next listing."""
     monkeypatch.setattr("broker.router.SETTLED_RECORDS", 2)
     bus = FakeBus()
     now = [NOW]
     router = router_for(region, bus, clock=lambda: now[0])
     reads = count_record_reads(bus)
-    ids = await route_from_nacka(router, make_envelope, 3)
+    ids = sorted(await route_from_nacka(router, make_envelope, 3))
     now[0] = NOW + 2 * HOUR
     assert await router.sweep(limit=10) == 3  # all three due: each escalated once
     reads.clear()
     assert await router.sweep(limit=10) == 0
-    assert reads == sorted(ids)[:1]  # the first seen through is forgotten; two remembered
+    assert reads == ids[2:]  # the first two seen through are remembered, the third not
+    del bus.kv[(subjects.MESSAGES_BUCKET, ids[0])]  # the oldest record expires
+    reads.clear()
+    assert await router.sweep(limit=10) == 0
+    assert reads == ids[2:]  # read again, and now remembered in the room made
+    reads.clear()
+    assert await router.sweep(limit=10) == 0
+    assert reads == []
     assert sum(m.endswith(".escalation") for _, m in bus.published) == 3
+
+
+async def test_a_chase_that_fails_is_tried_again_on_the_next_sweep(
+    region: Any, make_envelope: Any
+) -> None:
+    """The escalation of a record cannot be published (NATS is away): the sweep fails,
+    and the next one escalates it with the rest, not a whole round of the listing later."""
+    bus = FakeBus()
+    now = [NOW]
+    router = router_for(region, bus, clock=lambda: now[0])
+    ids = sorted(await route_from_nacka(router, make_envelope, 5))
+    publish = bus.publish
+    failing = [True]
+
+    async def flaky(subject: str, data: bytes, *, msg_id: str) -> int:
+        if failing[0] and msg_id.endswith(".escalation"):
+            failing[0] = False
+            raise NatsUnavailable("the node went away")
+        return await publish(subject, data, msg_id=msg_id)
+
+    bus.publish = flaky  # type: ignore[method-assign]
+    now[0] = NOW + 2 * HOUR
+    with pytest.raises(NatsUnavailable):
+        await router.sweep(limit=1)  # the first record's escalation fails
+    assert await router.sweep(limit=1) == 5  # all five, the first among them
+    escalated = sorted(m.split(".")[1] for _, m in bus.published if m.endswith(".escalation"))
+    assert escalated == ids
