@@ -32,6 +32,7 @@ class FakeBus:
         self.kv: dict[tuple[str, str], tuple[bytes, int]] = {}
         self.rev = 0
         self.published: list[tuple[str, str]] = []
+        self.batches: list[list[str]] = []  # the dedupe ids of each publish_many
         self.gates: dict[str, Any] = {}  # key -> coroutine fn awaited before a kv_get returns
 
     async def publish(self, subject: str, data: bytes, *, msg_id: str) -> int:
@@ -40,6 +41,7 @@ class FakeBus:
         return len(self.published)
 
     async def publish_many(self, items: list[tuple[str, bytes, str]]) -> list[int]:
+        self.batches.append([m for _, _, m in items])
         return [await self.publish(s, d, msg_id=m) for s, d, m in items]
 
     async def kv_get(self, bucket: str, key: str) -> KvEntry | None:
@@ -294,6 +296,34 @@ async def test_the_joins_task_never_drops_a_join_its_activation_has_not_written_
     requested = sorted(m.split(".", 2)[2] for _, m in bus.published if ".grant." in m)
     assert requested == ["grant.nacka", "grant.nacka", "grant.stockholm", "grant.stockholm"]
     assert not [k for (_, k) in bus.kv if k.startswith("join.")]  # both joins done
+
+
+# --- an accepted message's writes --------------------------------------------------------
+
+
+async def test_the_audit_event_and_the_deliveries_go_out_as_one_batch_audit_first(
+    region: Any, make_envelope: Any
+) -> None:
+    """A batch cut short must never have delivered what the audit trail lacks; the
+    sender's verdict comes after the batch; the event is counted once."""
+    bus = FakeBus()
+    router = router_for(region, bus)
+    to = ("polisen-stockholm", "sos-alarm", "stockholm")
+    envelope = make_envelope(sender="nacka", to=to)
+    await router.route(
+        subjects.submit_subject("nacka"), envelope, redelivered=False, sequence=next(SEQUENCES)
+    )
+    message = header_of(envelope).id
+    assert len(bus.batches) == 1
+    (batch,) = bus.batches
+    assert batch[0].startswith("a.")
+    assert batch[1:] == [f"d.{message}.{r}" for r in to]
+    ids = [m for _, m in bus.published]
+    assert ids.index(f"n.{message}.accepted") > max(ids.index(m) for m in batch)
+    counted = router.metrics.registry.get_sample_value(
+        "ssr_broker_audit_events_total", {"kind": "accepted"}
+    )
+    assert counted == 1
 
 
 # --- the sweep reads what is due, and the rest in bounded turns ----------------------------
