@@ -662,14 +662,9 @@ async def test_a_poll_answer_over_the_bound_is_refused_and_the_source_goes_on(
 # -- drop folders -------------------------------------------------------------------------
 
 
-def _aged(path: Path) -> None:
-    past = time.time() - 5
-    os.utime(path, (past, past), follow_symlinks=False)
-
-
-async def test_a_symlink_and_a_fifo_in_the_drop_folder_are_skipped_not_read(
-    offline: Offline, caplog: pytest.LogCaptureFixture
-) -> None:
+async def _drop_source(offline: Offline) -> tuple[Path, Ingest, bytes, Path]:
+    """A files source "sos" on an empty drop folder (its first scan over), a CAP document
+    and a file outside the folder holding it: (folder, ingest, document, outside)."""
     folder = offline.tmp / "drop"
     folder.mkdir()
     ingest = await offline.start(
@@ -680,6 +675,18 @@ async def test_a_symlink_and_a_fifo_in_the_drop_folder_are_skipped_not_read(
     document = sos_document()
     outside = offline.tmp / "outside.xml"
     outside.write_bytes(document)
+    return folder, ingest, document, outside
+
+
+def _aged(path: Path) -> None:
+    past = time.time() - 5
+    os.utime(path, (past, past), follow_symlinks=False)
+
+
+async def test_a_symlink_and_a_fifo_in_the_drop_folder_are_skipped_not_read(
+    offline: Offline, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder, ingest, document, outside = await _drop_source(offline)
     link = folder / "link.xml"
     link.symlink_to(outside)
     fifo = folder / "pipe.xml"
@@ -739,6 +746,44 @@ def test_a_file_replaced_by_a_fifo_after_the_scan_is_not_read_and_does_not_block
     assert returned, "reading a FIFO blocked"
     assert data is None
     assert any(re.search(r"doc\.xml is a FIFO; skipped", r.getMessage()) for r in caplog.records)
+
+
+async def test_a_hard_link_in_the_drop_folder_is_skipped_until_it_has_one_name(
+    offline: Offline, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hard link can name a file outside the folder (the adapter may read it, whoever
+    made the link may not): skipped, left in place and warned once; read once the other
+    name is gone."""
+    folder, ingest, _, outside = await _drop_source(offline)
+    linked = folder / "linked.xml"
+    os.link(outside, linked)
+    _aged(linked)
+    with caplog.at_level(logging.WARNING, logger="ssr.ingest"):
+        assert await asyncio.wait_for(ingest.scan("sos"), 5) == 0
+        assert await asyncio.wait_for(ingest.scan("sos"), 5) == 0
+    skipped = [r.getMessage() for r in caplog.records if "skipped, never read" in r.getMessage()]
+    assert skipped == [
+        "sos: 'linked.xml' in the drop folder is a file with 2 hard links; skipped, never read"
+    ]
+    assert linked.exists()
+    assert sent(ingest, "sos") == (0, 0)
+
+    outside.unlink()  # one name left: an ordinary dropped file
+    assert await asyncio.wait_for(ingest.scan("sos"), 5) == 1
+    assert sent(ingest, "sos") == (1, 1)
+
+
+def test_a_file_hard_linked_after_the_scan_is_not_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = tmp_path / "secret.xml"
+    target.write_bytes(b"<alert/>")
+    os.link(target, tmp_path / "doc.xml")
+    with caplog.at_level(logging.WARNING, logger="ssr.ingest"):
+        assert _read_in_a_thread(tmp_path / "doc.xml") == (True, None)
+    assert any("doc.xml is a file with 2 hard links" in r.getMessage() for r in caplog.records)
+    (tmp_path / "doc.xml").unlink()
+    assert service._read_file(target) == b"<alert/>"  # one name: read
 
 
 def test_a_file_replaced_by_a_symlink_after_the_scan_is_not_followed(tmp_path: Path) -> None:

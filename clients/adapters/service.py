@@ -1362,8 +1362,9 @@ def _redacted(url: str) -> str:
 
 def _dropped_files(folder: Path, skipped: dict[str, str] | None = None) -> list[Path]:
     """Complete regular files in a drop folder, oldest first (no hidden, temporary or
-    symlinked ones; untouched for :data:`FILE_SETTLE_S`). Symbolic links, FIFOs, sockets,
-    devices and folders (but ``done``) go into ``skipped``, name to what they are."""
+    symlinked ones; untouched for :data:`FILE_SETTLE_S`). Symbolic links, files with more
+    than one hard link, FIFOs, sockets, devices and folders (but ``done``) go into
+    ``skipped``, name to what they are."""
     now = time.time()
     found: list[tuple[float, str, Path]] = []
     with os.scandir(folder) as entries:
@@ -1374,9 +1375,9 @@ def _dropped_files(folder: Path, skipped: dict[str, str] | None = None) -> list[
                 status = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if not stat.S_ISREG(status.st_mode):
+            if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
                 if skipped is not None and entry.name != "done":
-                    skipped[entry.name] = _file_kind(status.st_mode)
+                    skipped[entry.name] = _file_kind(status.st_mode, status.st_nlink)
                 continue
             mtime = status.st_mtime
             if now - mtime >= FILE_SETTLE_S:
@@ -1385,7 +1386,11 @@ def _dropped_files(folder: Path, skipped: dict[str, str] | None = None) -> list[
     return [path for _, _, path in found[:MAX_FILES_PER_SCAN]]
 
 
-def _file_kind(mode: int) -> str:
+def _file_kind(mode: int, links: int = 1) -> str:
+    if stat.S_ISREG(mode) and links != 1:
+        # A hard link: it may name a file outside the folder that the adapter may read and
+        # the folder's writers may not; read once it has only the one name.
+        return f"a file with {links} hard links"
     if stat.S_ISLNK(mode):
         return "a symbolic link"
     if stat.S_ISFIFO(mode):
@@ -1397,15 +1402,17 @@ def _file_kind(mode: int) -> str:
 
 def _read_file(path: Path) -> bytes | None:
     """At most MAX_DOCUMENT_BYTES + 1 bytes of a dropped file; None if it went away or is
-    no longer a regular file (replaced since the scan: a symbolic link is not followed,
-    and a FIFO is opened without blocking, then not read)."""
+    no longer a regular file with one name (replaced since the scan: a symbolic link is
+    not followed, a FIFO is opened without blocking, then not read, and a hard link is
+    not read)."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(path, flags)
         with os.fdopen(fd, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if not stat.S_ISREG(mode):
-                log.warning("%s is %s; skipped, never read", path, _file_kind(mode))
+            status = os.fstat(handle.fileno())
+            if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+                kind = _file_kind(status.st_mode, status.st_nlink)
+                log.warning("%s is %s; skipped, never read", path, kind)
                 return None
             return handle.read(MAX_DOCUMENT_BYTES + 1)
     except FileNotFoundError:
