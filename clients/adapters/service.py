@@ -1375,9 +1375,10 @@ def _dropped_files(folder: Path, skipped: dict[str, str] | None = None) -> list[
                 status = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+            kind = _not_readable(status)
+            if kind is not None:
                 if skipped is not None and entry.name != "done":
-                    skipped[entry.name] = _file_kind(status.st_mode, status.st_nlink)
+                    skipped[entry.name] = kind
                 continue
             mtime = status.st_mtime
             if now - mtime >= FILE_SETTLE_S:
@@ -1386,11 +1387,16 @@ def _dropped_files(folder: Path, skipped: dict[str, str] | None = None) -> list[
     return [path for _, _, path in found[:MAX_FILES_PER_SCAN]]
 
 
-def _file_kind(mode: int, links: int = 1) -> str:
-    if stat.S_ISREG(mode) and links != 1:
+def _not_readable(status: os.stat_result) -> str | None:
+    """What a drop-folder entry is, if it is not a regular file with one name (the only
+    kind read), else None."""
+    mode = status.st_mode
+    if stat.S_ISREG(mode):
+        if status.st_nlink == 1:
+            return None
         # A hard link: it may name a file outside the folder that the adapter may read and
         # the folder's writers may not; read once it has only the one name.
-        return f"a file with {links} hard links"
+        return f"a file with {status.st_nlink} hard links"
     if stat.S_ISLNK(mode):
         return "a symbolic link"
     if stat.S_ISFIFO(mode):
@@ -1409,9 +1415,8 @@ def _read_file(path: Path) -> bytes | None:
     try:
         fd = os.open(path, flags)
         with os.fdopen(fd, "rb") as handle:
-            status = os.fstat(handle.fileno())
-            if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
-                kind = _file_kind(status.st_mode, status.st_nlink)
+            kind = _not_readable(os.fstat(handle.fileno()))
+            if kind is not None:
                 log.warning("%s is %s; skipped, never read", path, kind)
                 return None
             return handle.read(MAX_DOCUMENT_BYTES + 1)
